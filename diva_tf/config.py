@@ -1,0 +1,222 @@
+"""The one place where flags become a config.
+
+`Config` lists every hyperparameter with the default of `diva_spec.md` section 6 (where the tool
+deviates, the field's help says so). `diva_tf.flags` turns these fields into absl flags, so a flag
+and its config field cannot drift apart. `Config.validate` rejects inconsistent settings before any
+data is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+HEAD_NAMES = ("discriminative", "selfsimilarity", "shared", "intra")
+BACKBONES = ("resnet50", "efficientnet_b0", "mobilenet_v3_small", "efficientnet_lite0",
+             "efficientnet_lite1", "efficientnet_lite2", "tiny")
+DISC_LOSSES = ("margin", "triplet", "multisimilarity", "proxy")
+SAMPLERS = ("class_random", "class_without_replacement")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("step", "cosine")
+STRATEGIES = ("auto", "mirrored", "multiworker", "default")
+
+# Test-time head weights behind the published numbers (spec 2.4), in HEAD_NAMES order.
+DEFAULT_HEAD_WEIGHTS = {
+    "cub200": (0.5, 1.0, 1.0, 1.0),
+    "cars196": (0.5, 2.0, 2.0, 2.0),
+    "sop": (1.0, 1.0, 1.0, 1.0),
+}
+
+
+class ConfigError(ValueError):
+    """A flag or a combination of flags that cannot work."""
+
+
+def _f(default, help_text, **kw):
+    """A config field carrying its flag help text."""
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help_text, **kw})
+    return field(default=default, metadata={"help": help_text, **kw})
+
+
+@dataclass
+class Config:
+    # ---- data -----------------------------------------------------------------------------
+    dataset: str = _f("emoji", "cub200 | cars196 | sop | emoji | folder")
+    data_dir: str = _f("", "Dataset folder (official layout), or the prepared emoji folder.")
+    tfds_data_dir: str = _f("", "tensorflow-datasets data_dir holding caltech_birds2011 / cars196 / "
+                            "stanford_online_products (used when set).")
+    train_classes: list = _f([], "folder dataset: explicit training class names (default: first "
+                             "half of the sorted class folders).")
+    test_classes: list = _f([], "folder dataset: explicit test class names (default: the rest).")
+    val_classes_fraction: float = _f(0.0, "Fraction of the training classes held out as a "
+                                     "validation split (class-disjoint, Reality-Check style); 0 = none.")
+    resize: int = _f(256, "Test-time resize of the shorter side (spec 3.3).")
+    crop: int = _f(224, "Crop size for training views and test centre crop.")
+    cache_images: bool = _f(True, "Cache decoded images in memory when they fit.")
+    # ---- sampler --------------------------------------------------------------------------
+    bs: int = _f(112, "Global batch size B = classes-per-batch x samples_per_class.")
+    samples_per_class: int = _f(2, "Images drawn per class draw.")
+    data_sampler: str = _f("class_random", " | ".join(SAMPLERS))
+    # ---- model ----------------------------------------------------------------------------
+    backbone: str = _f("resnet50", " | ".join(BACKBONES))
+    backbone_weights: str = _f("imagenet", "'imagenet', 'none', or a path to a weights file.")
+    frozen_bn: bool = _f(True, "Freeze BN statistics (gamma/beta stay trainable), spec 2.1.")
+    embed_dim: int = _f(128, "Dimension of each head.")
+    diva_features: list = _f(list(HEAD_NAMES), "Heads to build, in order (1 to 4 of "
+                             + ", ".join(HEAD_NAMES) + "). Spec default is discriminative only; "
+                             "this tool defaults to DiVA's four.")
+    # ---- objectives -----------------------------------------------------------------------
+    loss: str = _f("margin", "Discriminative-head loss: " + " | ".join(DISC_LOSSES))
+    loss_margin_margin: float = _f(0.2, "Margin alpha of the margin loss.")
+    loss_margin_beta: float = _f(1.2, "Initial per-class beta.")
+    loss_margin_beta_lr: float = _f(5e-4, "Learning rate of the beta vectors (no weight decay).")
+    miner_distance_lower_cutoff: float = _f(0.5, "Distance clamp of the distance-weighted miner.")
+    loss_triplet_margin: float = _f(0.2, "triplet loss margin (semi-hard mining).")
+    loss_ms_alpha: float = _f(2.0, "multi-similarity alpha.")
+    loss_ms_beta: float = _f(50.0, "multi-similarity beta.")
+    loss_ms_base: float = _f(0.5, "multi-similarity lambda (similarity base).")
+    loss_ms_epsilon: float = _f(0.1, "multi-similarity pair-mining margin.")
+    loss_proxy_scale: float = _f(16.0, "proxy loss (normalized softmax / ArcFace) logit scale.")
+    loss_proxy_margin: float = _f(0.0, "proxy loss additive angular margin (0 = normalized softmax).")
+    loss_proxy_lr: float = _f(1e-3, "proxy loss learning rate of the proxies.")
+    diva_ssl: str = _f("fast_moco", "Self-supervised task: fast_moco (DaNCE) | moco.")
+    diva_alpha_ssl: float = _f(0.3, "Weight of the DaNCE loss.")
+    diva_alpha_shared: float = _f(0.3, "Weight of the shared-task margin loss.")
+    diva_alpha_intra: float = _f(0.3, "Weight of the intra-class margin loss.")
+    diva_rho_decorrelation: list = _f([1500.0, 1500.0, 1500.0],
+                                      "One rho per decorrelation direction (error if the count "
+                                      "differs; the original silently dropped extras).")
+    diva_decorrnet_dim: int = _f(512, "Hidden size of the decorrelation regressors.")
+    diva_decorrnet_lr: float = _f(1e-5, "Regressor learning rate (no weight decay).")
+    diva_moco_momentum: float = _f(0.9, "Key-encoder momentum (not MoCo's 0.999).")
+    diva_moco_temperature: float = _f(0.01, "DaNCE temperature (spec default 0.1; every sample run "
+                                      "uses 0.01, so this tool defaults to 0.01).")
+    diva_moco_n_key_batches: int = _f(50, "Queue size in batches (queue = n x bs).")
+    diva_moco_lower_cutoff: float = _f(0.5, "DaNCE distance lower clamp.")
+    diva_moco_upper_cutoff: float = _f(1.4, "DaNCE distance upper cutoff.")
+    diva_fixed: bool = _f(False, "DaNCE weights normalised per row (issue #3 fix) instead of over "
+                          "the batch axis as published.")
+    # ---- optimisation ---------------------------------------------------------------------
+    optimizer: str = _f("adam", "adam (coupled L2, as DiVA) | adamw (decoupled decay).")
+    lr: float = _f(1e-5, "Network learning rate.")
+    decay: float = _f(4e-4, "Weight decay of the network variables (coupled L2 for adam).")
+    scheduler: str = _f("step", " | ".join(SCHEDULES))
+    tau: list = _f([10000], "Step-decay milestones in epochs.")
+    gamma: float = _f(0.3, "Step-decay factor.")
+    warmup_epochs: int = _f(0, "cosine: linear warm-up epochs.")
+    n_epochs: int = _f(150, "Training epochs.")
+    steps_per_epoch: int = _f(0, "0 = floor(N_train / bs) as DiVA; >0 overrides (quick runs).")
+    seed: int = _f(1, "Seed of sampler, augmentation, init and miners.")
+    # ---- run ------------------------------------------------------------------------------
+    workdir: str = _f("runs/default", "Output folder: flags, logs, TensorBoard, checkpoints.")
+    eval_every: int = _f(1, "Evaluate on the test split every N epochs (0 = only at the end).")
+    eval_batch_size: int = _f(128, "Batch size for embedding the evaluation splits.")
+    eval_combinations: list = _f([], "Head-weight combinations to evaluate, e.g. "
+                                 "'0.5,1,1,1' (default: the dataset's published weights).")
+    recall_k: list = _f([], "Recall@k values (default 1,2,4,8; SOP 1,10,100,1000).")
+    keep_checkpoints: int = _f(3, "Checkpoints kept by the CheckpointManager.")
+    strategy: str = _f("auto", " | ".join(STRATEGIES) + " (auto: MultiWorker if TF_CONFIG names "
+                       "several workers, else Mirrored).")
+    jit_compile: bool = _f(False, "XLA-compile the train step.")
+    mixed_precision: bool = _f(False, "mixed_float16 compute; losses stay float32.")
+    max_images: int = _f(0, "Debug: cap the images per split (0 = all).")
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def head_weights(self) -> tuple:
+        """Default test-time weights for the configured heads (spec 2.4)."""
+        full = DEFAULT_HEAD_WEIGHTS.get(self.dataset, (1.0,) * len(HEAD_NAMES))
+        return tuple(full[HEAD_NAMES.index(h)] for h in self.diva_features)
+
+    @property
+    def decorrelation_directions(self) -> list:
+        """(source, target) pairs: each auxiliary head -> discriminative (spec 4.6)."""
+        if "discriminative" not in self.diva_features:
+            return []
+        return [(h, "discriminative") for h in self.diva_features if h != "discriminative"]
+
+    def validate(self) -> "Config":
+        """Raise ConfigError naming the offending flag; returns self."""
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+
+        need(self.backbone in BACKBONES, f"--backbone={self.backbone!r}: choose one of {BACKBONES}")
+        need(self.loss in DISC_LOSSES, f"--loss={self.loss!r}: choose one of {DISC_LOSSES}")
+        need(self.data_sampler in SAMPLERS, f"--data_sampler={self.data_sampler!r}: choose one of {SAMPLERS}")
+        need(self.optimizer in OPTIMIZERS, f"--optimizer={self.optimizer!r}: choose one of {OPTIMIZERS}")
+        need(self.scheduler in SCHEDULES, f"--scheduler={self.scheduler!r}: choose one of {SCHEDULES}")
+        need(self.strategy in STRATEGIES, f"--strategy={self.strategy!r}: choose one of {STRATEGIES}")
+        need(self.diva_ssl in ("fast_moco", "moco"), f"--diva_ssl={self.diva_ssl!r}: fast_moco | moco")
+        feats = list(self.diva_features)
+        need(1 <= len(feats) <= 4 and len(set(feats)) == len(feats)
+             and all(f in HEAD_NAMES for f in feats),
+             f"--diva_features={','.join(feats)}: 1 to 4 distinct names out of {HEAD_NAMES}")
+        need(self.embed_dim > 0, "--embed_dim must be positive")
+        need(self.bs > 0 and self.samples_per_class > 0, "--bs and --samples_per_class must be positive")
+        need(self.bs % self.samples_per_class == 0,
+             f"--bs={self.bs} must be a multiple of --samples_per_class={self.samples_per_class}")
+        need(self.samples_per_class >= 2 or feats == ["selfsimilarity"],
+             "--samples_per_class must be >= 2: the margin losses need a positive per anchor")
+        n_dir = len(self.decorrelation_directions)
+        need(len(self.diva_rho_decorrelation) == n_dir,
+             f"--diva_rho_decorrelation has {len(self.diva_rho_decorrelation)} value(s) but "
+             f"--diva_features={','.join(feats)} gives {n_dir} decorrelation direction(s) "
+             f"{self.decorrelation_directions}: give exactly one rho per direction")
+        need(self.crop > 0 and self.resize >= self.crop,
+             f"--resize={self.resize} must be >= --crop={self.crop} > 0")
+        need(0.0 <= self.val_classes_fraction < 1.0, "--val_classes_fraction must be in [0, 1)")
+        need(self.n_epochs > 0, "--n_epochs must be positive")
+        need(0.0 <= self.diva_moco_momentum < 1.0, "--diva_moco_momentum must be in [0, 1)")
+        need(self.diva_moco_temperature > 0, "--diva_moco_temperature must be positive")
+        need(self.diva_moco_n_key_batches > 0, "--diva_moco_n_key_batches must be positive")
+        need(all(t > 0 for t in self.tau), "--tau milestones must be positive epochs")
+        for combo in self.eval_combinations:
+            parse_weights(combo, len(feats))
+        need(all(int(k) > 0 for k in self.recall_k), "--recall_k values must be positive")
+        need(self.dataset in ("cub200", "cars196", "sop", "emoji", "folder"),
+             f"--dataset={self.dataset!r}: unknown dataset (cub200, cars196, sop, emoji, folder)")
+        return self
+
+    # ---- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str) -> "Config":
+        if not os.path.exists(path):
+            raise ConfigError(f"no config at {path}: is this a diva_tf workdir?")
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def replace(self, **kw) -> "Config":
+        return dataclasses.replace(self, **kw)
+
+
+def parse_weights(text: str, n_heads: int) -> tuple:
+    """'0.5,1,1,1' -> (0.5, 1.0, 1.0, 1.0), checked against the number of heads."""
+    try:
+        weights = tuple(float(w) for w in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"head weights {text!r}: expected comma-separated numbers") from None
+    if len(weights) != n_heads:
+        raise ConfigError(f"head weights {text!r} give {len(weights)} values for {n_heads} heads")
+    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ConfigError(f"head weights {text!r}: need non-negative weights, not all zero")
+    return weights

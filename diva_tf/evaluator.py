@@ -1,0 +1,54 @@
+"""Evaluation inside a training run: embed the test (and validation) split with the current
+embedder, score each head and the weighted combinations, and name the selection metric.
+
+Model selection uses R@1 of the primary embedding (the dataset's published head weights, or the
+first --eval_combinations entry) on the validation split when one is carved from the training
+classes, else on the test split as DiVA does (spec 7.1).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from diva_tf import data
+from diva_tf.config import Config, parse_weights
+from diva_tf.evaluation import combination_name, embed_dataset, evaluate_embeddings
+
+
+class Evaluator:
+    def __init__(self, cfg: Config, splits):
+        self.cfg = cfg
+        self.heads = list(cfg.diva_features)
+        self.combinations = [parse_weights(c, len(self.heads)) for c in cfg.eval_combinations]
+        if not self.combinations and len(self.heads) > 1:
+            self.combinations = [cfg.head_weights]
+        self.splits = {"test": splits.test}
+        if splits.val is not None:
+            self.splits["val"] = splits.val
+        self.n_clusters = int(splits.train.labels.max()) + 1
+        primary = (combination_name(self.heads, self.combinations[0]) if self.combinations
+                   else self.heads[0])
+        self.selection_key = f"{'val' if 'val' in self.splits else 'test'}/{primary}/recall@1"
+        self.primary = primary
+
+    def __call__(self, model) -> dict:
+        """Flat {"<split>/<embedding>/<metric>": value}."""
+        embed = tf.function(lambda x: model(x, training=False))
+        scores = {}
+        for name, split in self.splits.items():
+            embs, labels = embed_dataset(embed, data.eval_dataset(split, self.cfg))
+            results = evaluate_embeddings(
+                embs, labels, heads=self.heads, combinations=self.combinations,
+                recall_k=self.cfg.recall_k or None, n_clusters=self.n_clusters,
+                dataset=self.cfg.dataset, seed=self.cfg.seed)
+            for emb_name, metrics in results.items():
+                for metric, value in metrics.items():
+                    if isinstance(value, (int, float)):
+                        scores[f"{name}/{emb_name}/{metric}"] = float(value)
+        return scores
+
+    def summary(self, scores: dict) -> str:
+        prefix = self.selection_key.rsplit("/", 1)[0]
+        keys = [k for k in scores if k.startswith(prefix + "/") and
+                k.rsplit("/", 1)[1] in ("recall@1", "recall@2", "nmi", "map@r")]
+        return " ".join(f"{k.rsplit('/', 1)[1]}={scores[k]:.4f}" for k in keys) + f" [{prefix}]"

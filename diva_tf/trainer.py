@@ -1,0 +1,166 @@
+"""`DiVATrainer`: a keras.Model whose `train_step` (used through `fit`) runs one DiVA iteration
+(spec 5.2) with global-batch semantics under any tf.distribute strategy.
+
+Per step: query forward on view 1 (frozen BN = training=False), key forward on view 2, embeddings,
+keys and labels all-gathered across replicas, the objective on the global batch scaled by
+1/replicas (Keras sums replica gradients, stack_notes trap 1), one optimizer step per parameter
+group, then the momentum update of the key encoder and the FIFO enqueue of this step's keys.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from diva_tf.config import Config
+from diva_tf.losses import enqueue
+from diva_tf.model import build_embedding_model
+from diva_tf.objective import DiVAObjective
+from diva_tf.optim import add_coupled_l2, make_optimizers
+
+
+def assign_in_replica_context(pairs) -> None:
+    """Assign values that are identical on every replica to (possibly mirrored) variables."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1 and not tf.distribute.has_strategy():
+        for var, value in pairs:
+            var.assign(value)
+        return
+
+    def merge_fn(strategy, *values):
+        for (var, _), value in zip(pairs, values):
+            strategy.extended.update(var, lambda v, x: v.assign(x), args=(value,), group=False)
+
+    ctx.merge_call(merge_fn, args=tuple(value for _, value in pairs))
+
+
+def _gather(x):
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_gather(x, axis=0)
+
+
+class DiVATrainer(keras.Model):
+    """Holds the query network, key encoder, queue and objective; `embedder` is what gets exported."""
+
+    def __init__(self, cfg: Config, num_classes: int, steps_per_epoch: int, **kwargs):
+        super().__init__(name="diva_trainer", **kwargs)
+        self.cfg = cfg
+        self.embedder = build_embedding_model(cfg)
+        self.objective = DiVAObjective(cfg, num_classes)
+        self.objective.build()
+        self.use_keys = "selfsimilarity" in cfg.diva_features
+        if self.use_keys:
+            self.key_encoder = build_embedding_model(cfg, weights="none", name="key_encoder")
+            self.key_encoder.set_weights(self.embedder.get_weights())
+            self.key_encoder.trainable = False
+            trainable = {id(v) for v in self.embedder.trainable_variables}
+            self._ema_pairs = [(k, q) for k, q in zip(self.key_encoder.weights, self.embedder.weights)
+                               if id(q) in trainable]
+            self.queue = self.add_weight(
+                name="queue", shape=(cfg.diva_moco_n_key_batches * cfg.bs, cfg.embed_dim),
+                initializer="zeros", trainable=False)
+            self.queue_filled = self.add_weight(name="queue_filled", shape=(), dtype="int64",
+                                                initializer="zeros", trainable=False)
+        self.optimizers = make_optimizers(cfg, steps_per_epoch)
+        self._trackers = {}
+
+    # ---- Keras plumbing ------------------------------------------------------------------
+    def call(self, images, training=False):
+        return self.embedder(images, training=training)
+
+    def variable_groups(self) -> dict:
+        return {"network": list(self.embedder.trainable_variables), **self.objective.variable_groups()}
+
+    def build_optimizers(self) -> None:
+        """Create every optimizer slot now (under the strategy scope), not lazily in a replica."""
+        for group, variables in self.variable_groups().items():
+            if variables:
+                self.optimizers[group].build(variables)
+
+    def compile_for_training(self) -> None:
+        self.compile(optimizer=self.optimizers["network"], jit_compile=bool(self.cfg.jit_compile))
+        self.build_optimizers()
+
+    def _tracker(self, name: str) -> keras.metrics.Mean:
+        if name not in self._trackers:
+            self._trackers[name] = keras.metrics.Mean(name=name)
+        return self._trackers[name]
+
+    def init_trackers(self) -> None:
+        """Create loss trackers eagerly (so `metrics` lists them before the first step)."""
+        names = ["loss"] + [t for t in ("discriminative", "selfsimilarity", "shared", "intra")
+                            if t in self.cfg.diva_features]
+        if self.objective.directions:
+            names.append("decorrelation")
+        for n in names:
+            self._tracker(n)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    # ---- one DiVA iteration -------------------------------------------------------------
+    def _seed(self):
+        step = tf.cast(self.optimizers["network"].iterations, tf.int64)
+        return tf.stack([tf.constant(self.cfg.seed, tf.int64), step])
+
+    def compute_objective(self, view1, view2, labels, training_mode: bool):
+        """Global-batch objective for this replica's slice; returns (total, terms, global keys)."""
+        keys = None
+        if self.use_keys:
+            keys = tf.stop_gradient(_gather(self.key_encoder(view2, training=False)["selfsimilarity"]))
+        embs = {k: _gather(v) for k, v in self.embedder(view1, training=training_mode).items()}
+        total, terms = self.objective(embs, _gather(labels), self._seed(), keys,
+                                      self.queue if self.use_keys else None)
+        return total, terms, keys
+
+    def train_step(self, data):
+        view1, view2, labels = data
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        groups = {g: v for g, v in self.variable_groups().items() if v}
+        flat_vars = [v for vs in groups.values() for v in vs]
+        with tf.GradientTape() as tape:
+            total, terms, keys = self.compute_objective(view1, view2, labels,
+                                                        training_mode=not self.cfg.frozen_bn)
+            scaled = total / replicas
+        grads = tape.gradient(scaled, flat_vars)
+        start = 0
+        for group, variables in groups.items():
+            g = grads[start:start + len(variables)]
+            start += len(variables)
+            if group == "network" and self.cfg.optimizer == "adam":
+                g = add_coupled_l2(g, variables, self.cfg.decay / replicas)
+            self.optimizers[group].apply(g, variables)
+        if self.use_keys:
+            self.momentum_update()
+            assign_in_replica_context([(self.queue, enqueue(self.queue, keys))])
+        self._tracker("loss").update_state(total)
+        for name, value in terms.items():
+            self._tracker(name).update_state(value)
+        return {m.name: m.result() for m in self.metrics}
+
+    def momentum_update(self) -> None:
+        """key <- m * key + (1 - m) * query over trainable variables (spec 2.3), after the step."""
+        m = self.cfg.diva_moco_momentum
+        assign_in_replica_context([(k, m * k + (1.0 - m) * q) for k, q in self._ema_pairs])
+
+    # ---- queue initialisation (spec 4.5) ------------------------------------------------
+    def fill_queue(self, batches) -> None:
+        """Stack key-encoder outputs on view 1 of exactly n_key_batches global batches."""
+        if not self.use_keys:
+            return
+        keys = []
+        for i, (view1, _view2, _labels) in enumerate(batches):
+            if i >= self.cfg.diva_moco_n_key_batches:
+                break
+            keys.append(self._key_embed(view1))
+        if len(keys) < self.cfg.diva_moco_n_key_batches:
+            raise ValueError(f"queue needs {self.cfg.diva_moco_n_key_batches} batches, got {len(keys)}")
+        self.queue.assign(tf.concat(keys, axis=0))
+        self.queue_filled.assign(1)
+
+    @tf.function
+    def _key_embed(self, images):
+        return self.key_encoder(images, training=False)["selfsimilarity"]
