@@ -116,8 +116,11 @@ class DiVATrainer(keras.Model):
                                       self.queue if self.use_keys else None)
         return total, terms, keys
 
-    def train_step(self, data):
-        view1, view2, labels = data
+    def compute_gradients(self, view1, view2, labels):
+        """This replica's gradients per group (coupled L2 included), before the all-reduce.
+
+        Summed over replicas they equal the single-device gradients of the global batch.
+        """
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         groups = {g: v for g, v in self.variable_groups().items() if v}
         flat_vars = [v for vs in groups.values() for v in vs]
@@ -125,13 +128,20 @@ class DiVATrainer(keras.Model):
             total, terms, keys = self.compute_objective(view1, view2, labels,
                                                         training_mode=not self.cfg.frozen_bn)
             scaled = total / replicas
-        grads = tape.gradient(scaled, flat_vars)
-        start = 0
+        flat_grads = tape.gradient(scaled, flat_vars)
+        grads, start = {}, 0
         for group, variables in groups.items():
-            g = grads[start:start + len(variables)]
+            g = flat_grads[start:start + len(variables)]
             start += len(variables)
             if group == "network" and self.cfg.optimizer == "adam":
                 g = add_coupled_l2(g, variables, self.cfg.decay / replicas)
+            grads[group] = (g, variables)
+        return grads, total, terms, keys
+
+    def train_step(self, data):
+        view1, view2, labels = data
+        grads, total, terms, keys = self.compute_gradients(view1, view2, labels)
+        for group, (g, variables) in grads.items():
             self.optimizers[group].apply(g, variables)
         if self.use_keys:
             self.momentum_update()

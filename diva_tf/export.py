@@ -1,0 +1,318 @@
+"""Export a trained embedding model as a TF Serving SavedModel, and read one back.
+
+`python -m diva_tf.export --workdir DIR --export_dir export/models/diva [--version N]
+[--checkpoint best|last] [--head_weights 0.5,1,1,1] [--overwrite]`
+
+Layout (what TF Serving watches): `<export_dir>/<version>/saved_model.pb`, `variables/`,
+`assets/diva_manifest.json`. A version is written to a hidden temporary folder beside it and
+renamed into place, so a server polling `<export_dir>` never sees half an export.
+
+Signatures:
+- `serving_default`: `image_bytes` tf.string [n] (JPEG/PNG/GIF/BMP, any size) -> decoded to RGB,
+  then the evaluation transform (resize the shorter side to `resize`, centre crop `crop`) and the
+  model. The preprocessing is the very function the evaluation pipeline maps over its images.
+- `serve_images`: `images` float32 [n, crop, crop, 3] in 0..255 -> the model, with NO resize or
+  crop: the caller must pass images already transformed as above.
+Both return `embedding` (heads weighted by the baked-in head weights, concatenated and
+re-normalised, spec 2.4) and each head's unit-norm embedding under the head's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+MANIFEST_FILE = "diva_manifest.json"
+BYTES_SIGNATURE = "serving_default"
+IMAGES_SIGNATURE = "serve_images"
+BYTES_INPUT = "image_bytes"
+IMAGES_INPUT = "images"
+EMBEDDING_OUTPUT = "embedding"
+
+
+class ExportError(RuntimeError):
+    """An export that must not happen (e.g. it would overwrite a published version)."""
+
+
+# ---- TF Serving layout ----------------------------------------------------------------------
+def list_versions(base_path: str) -> list[int]:
+    """Published versions under a model base path, ascending (integer folders with a SavedModel)."""
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(int(name) for name in os.listdir(base_path)
+                  if name.isdigit() and os.path.exists(os.path.join(base_path, name, "saved_model.pb")))
+
+
+def next_version(base_path: str) -> int:
+    versions = list_versions(base_path)
+    return versions[-1] + 1 if versions else 1
+
+
+def resolve_saved_model(path: str) -> tuple[str, int | None]:
+    """A version folder, or a base path (-> its highest version): (version_dir, version)."""
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        name = os.path.basename(os.path.normpath(path))
+        return path, int(name) if name.isdigit() else None
+    versions = list_versions(path)
+    if not versions:
+        raise ExportError(f"{path} is neither a SavedModel nor a model base path holding "
+                          "<version>/saved_model.pb")
+    return os.path.join(path, str(versions[-1])), versions[-1]
+
+
+def read_manifest(version_dir: str) -> dict:
+    path = os.path.join(version_dir, "assets", MANIFEST_FILE)
+    if not os.path.exists(path):
+        raise ExportError(f"{version_dir} has no assets/{MANIFEST_FILE}: not a diva_tf export")
+    with open(path) as f:
+        return json.load(f)
+
+
+def fingerprint(version_dir: str) -> str:
+    """sha256 over the graph and the variable index: changes with any re-export or new weights."""
+    digest = hashlib.sha256()
+    for rel in ("saved_model.pb", os.path.join("variables", "variables.index")):
+        with open(os.path.join(version_dir, rel), "rb") as f:
+            digest.update(rel.encode() + b"\0" + f.read())
+    return digest.hexdigest()
+
+
+# ---- the exported graph ---------------------------------------------------------------------
+def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
+    """One encoded image (JPEG/PNG/GIF/BMP) -> uint8 [h, w, 3]; grey and RGBA become RGB."""
+    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+
+def embedding_outputs(model, heads, head_weights, images):
+    """{'embedding': combined, head: per-head} for images already at model input."""
+    from diva_tf.evaluation.combine import combine_heads_tf
+
+    per_head = model(images, training=False)
+    outputs = {EMBEDDING_OUTPUT: combine_heads_tf(per_head, heads, head_weights)}
+    outputs.update({h: per_head[h] for h in heads})
+    return outputs
+
+
+def build_archive(model, cfg, head_weights):
+    """ExportArchive with the `serving_default` (encoded bytes) and `serve_images` endpoints."""
+    import keras
+
+    from diva_tf.data import eval_transform
+
+    heads = list(cfg.diva_features)
+    image_spec = tf.TensorSpec([cfg.crop, cfg.crop, 3], tf.float32)
+
+    def from_images(images):
+        return embedding_outputs(model, heads, head_weights, images)
+
+    def from_bytes(image_bytes):
+        images = tf.map_fn(lambda b: eval_transform(decode_rgb(b), cfg), image_bytes,
+                           fn_output_signature=image_spec)
+        return from_images(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(BYTES_SIGNATURE, from_bytes,
+                         input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+    archive.add_endpoint(IMAGES_SIGNATURE, from_images,
+                         input_signature=[tf.TensorSpec([None, cfg.crop, cfg.crop, 3], tf.float32,
+                                                        name=IMAGES_INPUT)])
+    return archive
+
+
+# ---- manifest -------------------------------------------------------------------------------
+def best_metrics(workdir: str, heads, head_weights) -> dict | None:
+    """The best epoch's scores of the selection embedding in workdir/metrics.jsonl, if any.
+
+    Selection mirrors training: R@1 on `val` if the run has a validation split, else `test`, of
+    the embedding named for the exported head weights (else the first R@1 the run logged).
+    """
+    from diva_tf import workdir as wd
+
+    path = os.path.join(workdir, wd.METRICS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    keys = [k for r in records for k in r if k.endswith("/recall@1")]
+    if not keys:
+        return None
+    split = "val" if any(k.startswith("val/") for k in keys) else "test"
+    keys = [k for k in dict.fromkeys(keys) if k.startswith(split + "/")]
+    key = next((k for k in keys if k.split("/")[1] == _combination_name(heads, head_weights)),
+               keys[0])
+    scored = [r for r in records if isinstance(r.get(key), (int, float))]
+    best = max(scored, key=lambda r: r[key])
+    prefix = key.rsplit("/", 1)[0] + "/"
+    return {"selection_key": key, "epoch": best.get("epoch"),
+            "scores": {k[len(prefix):]: v for k, v in best.items() if k.startswith(prefix)}}
+
+
+def _combination_name(heads, head_weights) -> str | None:
+    try:
+        from diva_tf.evaluation import combination_name
+    except ImportError:
+        return None
+    return combination_name(list(heads), tuple(head_weights)) if len(heads) > 1 else heads[0]
+
+
+def make_manifest(cfg, head_weights, version: int, metrics: dict | None, source: dict) -> dict:
+    import diva_tf
+
+    heads = list(cfg.diva_features)
+    return {
+        "heads": heads,
+        "head_weights": [float(w) for w in head_weights],
+        "embed_dim": cfg.embed_dim,
+        "embedding_dim": cfg.embed_dim * len(heads),
+        "crop": cfg.crop,
+        "resize": cfg.resize,
+        "backbone": cfg.backbone,
+        "dataset": cfg.dataset,
+        "diva_tf_version": diva_tf.__version__,
+        "model_version": int(version),
+        "signatures": {BYTES_SIGNATURE: BYTES_INPUT, IMAGES_SIGNATURE: IMAGES_INPUT},
+        "metrics": metrics,
+        "source": source,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ---- publishing -----------------------------------------------------------------------------
+def export_model(model, cfg, export_dir: str, version: int | None = None, head_weights=None,
+                 overwrite: bool = False, metrics: dict | None = None,
+                 source: dict | None = None) -> str:
+    """Write `model` as `<export_dir>/<version>` atomically; returns the version folder.
+
+    version defaults to the highest published version + 1. An existing version is refused unless
+    `overwrite`, in which case it is swapped out only after the new one is complete.
+    """
+    heads = list(cfg.diva_features)
+    head_weights = tuple(cfg.head_weights if head_weights is None else head_weights)
+    if len(head_weights) != len(heads):
+        raise ExportError(f"{len(head_weights)} head weights for {len(heads)} heads {heads}")
+    os.makedirs(export_dir, exist_ok=True)
+    version = next_version(export_dir) if version is None else int(version)
+    if version <= 0:
+        raise ExportError(f"--version must be a positive integer, got {version}")
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise ExportError(f"{final} already exists; pass --overwrite to replace it, or omit "
+                          "--version to publish the next one")
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+    try:
+        build_archive(model, cfg, head_weights).write_out(tmp, verbose=False)
+        os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
+        with open(os.path.join(tmp, "assets", MANIFEST_FILE), "w") as f:
+            json.dump(make_manifest(cfg, head_weights, version, metrics, source or {}), f, indent=2)
+        _publish(tmp, final, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _publish(tmp: str, final: str, overwrite: bool) -> None:
+    """Atomic rename of a complete export into its version folder."""
+    old = None
+    if overwrite and os.path.exists(final):
+        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(final))
+        os.rename(final, os.path.join(old, "v"))
+    try:
+        os.rename(tmp, final)
+    except OSError as e:
+        raise ExportError(f"{final} appeared while exporting (concurrent export?): {e}") from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def export_workdir(workdir: str, export_dir: str, version: int | None = None,
+                   checkpoint: str = "best", head_weights=None, overwrite: bool = False) -> str:
+    """Load a training run's weights and export them; returns the version folder."""
+    from diva_tf.workdir import load_model
+
+    model, cfg = load_model(workdir, checkpoint)
+    weights = tuple(cfg.head_weights if head_weights is None else head_weights)
+    source = {"workdir": os.path.abspath(workdir), "checkpoint": checkpoint}
+    return export_model(model, cfg, export_dir, version, weights, overwrite,
+                        best_metrics(workdir, cfg.diva_features, weights), source)
+
+
+@dataclasses.dataclass
+class LoadedExport:
+    """A loaded export; `root` owns the variables, so keep it as long as a signature is used."""
+
+    root: object
+    version_dir: str
+    version: int | None
+    manifest: dict
+
+    def signature(self, name: str = BYTES_SIGNATURE):
+        if name not in self.root.signatures:
+            raise ExportError(f"{self.version_dir} has no signature {name!r} "
+                              f"(has {sorted(self.root.signatures)})")
+        return self.root.signatures[name]
+
+    def embed_bytes(self, encoded: list, output: str = EMBEDDING_OUTPUT) -> np.ndarray:
+        """Run `serving_default` on a list of encoded images."""
+        return self.signature()(**{BYTES_INPUT: tf.constant(encoded, tf.string)})[output].numpy()
+
+
+def load_export(saved_model: str) -> LoadedExport:
+    """A version folder or a base path (-> highest version), loaded with TensorFlow alone."""
+    version_dir, version = resolve_saved_model(saved_model)
+    return LoadedExport(tf.saved_model.load(version_dir), version_dir, version,
+                        read_manifest(version_dir))
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "Training run folder (config.json + *.weights.h5).")
+    flags.DEFINE_string("export_dir", "export/models/diva", "Model base path (TF Serving layout).")
+    flags.DEFINE_integer("version", None, "Version to write (default: highest existing + 1).")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Weights to export.")
+    flags.DEFINE_string("head_weights", None, "Comma-separated test-time head weights, in "
+                        "--diva_features order (default: the dataset's published weights).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --version.")
+    flags.mark_flag_as_required("workdir")
+
+
+def main(argv) -> int:
+    from absl import app, flags, logging
+
+    from diva_tf.config import ConfigError, parse_weights
+    from diva_tf.workdir import load_config
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    try:
+        weights = None
+        if f.head_weights:
+            weights = parse_weights(f.head_weights, len(load_config(f.workdir).diva_features))
+        path = export_workdir(f.workdir, f.export_dir, f.version, f.checkpoint, weights, f.overwrite)
+    except (ConfigError, ExportError) as e:
+        logging.error("%s", e)
+        return 2
+    manifest = read_manifest(path)
+    logging.info("exported %s (heads %s, head weights %s, embedding dim %d)", path,
+                 manifest["heads"], manifest["head_weights"], manifest["embedding_dim"])
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
