@@ -29,7 +29,8 @@ def assign_in_replica_context(pairs) -> None:
 
     def merge_fn(strategy, *values):
         for (var, _), value in zip(pairs, values):
-            strategy.extended.update(var, lambda v, x: v.assign(x), args=(value,), group=False)
+            tf_var = var.value if isinstance(var, keras.Variable) else var
+            strategy.extended.update(tf_var, lambda v, x: v.assign(x), args=(value,), group=False)
 
     ctx.merge_call(merge_fn, args=tuple(value for _, value in pairs))
 
@@ -64,7 +65,7 @@ class DiVATrainer(keras.Model):
             self.queue_filled = self.add_weight(name="queue_filled", shape=(), dtype="int64",
                                                 initializer="zeros", trainable=False)
         self.optimizers = make_optimizers(cfg, steps_per_epoch)
-        self._trackers = {}
+        self._loss_trackers = {}
 
     # ---- Keras plumbing ------------------------------------------------------------------
     def call(self, images, training=False):
@@ -83,10 +84,10 @@ class DiVATrainer(keras.Model):
         self.compile(optimizer=self.optimizers["network"], jit_compile=bool(self.cfg.jit_compile))
         self.build_optimizers()
 
-    def _tracker(self, name: str) -> keras.metrics.Mean:
-        if name not in self._trackers:
-            self._trackers[name] = keras.metrics.Mean(name=name)
-        return self._trackers[name]
+    def _mean_tracker(self, name: str) -> keras.metrics.Mean:
+        if name not in self._loss_trackers:
+            self._loss_trackers[name] = keras.metrics.Mean(name=name)
+        return self._loss_trackers[name]
 
     def init_trackers(self) -> None:
         """Create loss trackers eagerly (so `metrics` lists them before the first step)."""
@@ -95,11 +96,11 @@ class DiVATrainer(keras.Model):
         if self.objective.directions:
             names.append("decorrelation")
         for n in names:
-            self._tracker(n)
+            self._mean_tracker(n)
 
     @property
     def metrics(self):
-        return list(self._trackers.values())
+        return list(self._loss_trackers.values())
 
     # ---- one DiVA iteration -------------------------------------------------------------
     def _seed(self):
@@ -146,9 +147,9 @@ class DiVATrainer(keras.Model):
         if self.use_keys:
             self.momentum_update()
             assign_in_replica_context([(self.queue, enqueue(self.queue, keys))])
-        self._tracker("loss").update_state(total)
+        self._mean_tracker("loss").update_state(total)
         for name, value in terms.items():
-            self._tracker(name).update_state(value)
+            self._mean_tracker(name).update_state(value)
         return {m.name: m.result() for m in self.metrics}
 
     def momentum_update(self) -> None:
