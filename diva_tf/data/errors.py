@@ -1,0 +1,5 @@
+"""The one exception the data package raises for problems a user must fix."""
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as configured; the message says what to do about it."""

@@ -1,0 +1,54 @@
+"""DaNCE, DiVA's distance-weighted MoCo loss `criteria/fast_moco.py`, and its key queue (spec 4.5)."""
+
+import math
+
+import tensorflow as tf
+
+from diva_tf.layers import cast_to
+from diva_tf.miners.distance import log_sphere_weights
+
+# torch's clamp(min=1e-45) on float32 rounds 1e-45 to the smallest denormal, 2**-149.
+LOG_MIN_WEIGHT = -149.0 * math.log(2.0)
+
+
+def dance_weights(similarities, dim, lower_cutoff=0.5, upper_cutoff=1.4, fixed=False):
+    """Negative weights W [B, M] from query-queue cosine similarities (spec 4.5 steps 2-4).
+
+    delta = max(sqrt(max(2 - 2 S, 0)), lower_cutoff); w = exp(log_sphere_weights(delta) - max), with
+    the max over the whole matrix (published) or per row (`fixed`); w = 0 where delta > upper_cutoff;
+    clamp below at 1e-45; normalise over the batch axis (published: each queue column sums to 1) or per
+    row (`fixed`). The clamp value is a float32 denormal, which TensorFlow on CPU flushes to zero (then
+    fully cut-off columns would give 0/0), so the weights are built in log space: max(log w, ln 2^-149)
+    followed by a softmax, which is the same clamp-then-divide. Constants: no gradient flows through.
+    """
+    s = tf.stop_gradient(similarities)
+    delta = tf.maximum(tf.sqrt(tf.maximum(2.0 - 2.0 * s, 0.0)), lower_cutoff)
+    log_w = log_sphere_weights(delta, dim)
+    log_w = log_w - tf.reduce_max(log_w, axis=-1 if fixed else None, keepdims=True)
+    log_w = tf.where(delta > upper_cutoff, tf.constant(-math.inf, log_w.dtype), log_w)
+    log_w = tf.maximum(log_w, LOG_MIN_WEIGHT)
+    return tf.nn.softmax(log_w, axis=-1 if fixed else 0)
+
+
+def dance_loss(queries, keys, queue, temperature, lower_cutoff=0.5, upper_cutoff=1.4, fixed=False,
+               weighted=True):
+    """Mean cross-entropy of z_b = [q_b.k_b, W_b1 q_b.Q_1, ..., W_bM q_b.Q_M] / temperature, target 0.
+
+    queries [B, D] (with gradient), keys [B, D] and queue [M, D] are unit-norm. The weights multiply the
+    similarity logits themselves (spec 4.5 step 5). weighted=False is plain MoCo (`criteria/moco.py`).
+    """
+    keys = tf.cast(keys, queries.dtype)
+    queue = tf.cast(queue, queries.dtype)
+    positive = tf.reduce_sum(queries * keys, axis=-1, keepdims=True)
+    negative = tf.matmul(queries, queue, transpose_b=True)
+    if weighted:
+        negative = negative * dance_weights(negative, queries.shape[-1], lower_cutoff, upper_cutoff, fixed)
+    logits = tf.concat([positive, negative], axis=-1) / cast_to(temperature, queries.dtype)
+    return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=-1) - logits[:, 0])
+
+
+def enqueue(queue, keys):
+    """FIFO update: drop the oldest B rows from the front and append this step's keys at the end."""
+    keys = tf.cast(tf.stop_gradient(keys), queue.dtype)
+    batch = keys.shape[0] if keys.shape[0] is not None else tf.shape(keys)[0]
+    return tf.concat([queue[batch:], keys], axis=0)

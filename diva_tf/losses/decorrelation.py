@@ -1,0 +1,45 @@
+"""Decorrelation by adversarial separation, DiVA's `criteria/adversarial_separation.py` (spec 4.6)."""
+
+import keras
+import tensorflow as tf
+
+from diva_tf.initializers import torch_dense
+from diva_tf.layers import cast_to, gradient_reversal, l2_normalize
+
+
+def build_regressor(embed_dim=128, hidden=512, name=None, seed=None, dtype="float32"):
+    """xi: Linear(embed_dim -> hidden) -> ReLU -> Linear(hidden -> embed_dim), PyTorch default init."""
+    second_seed = None if seed is None else seed + 2
+    return keras.Sequential([
+        torch_dense(hidden, embed_dim, seed=seed, dtype=dtype),
+        keras.layers.ReLU(dtype=dtype),
+        torch_dense(embed_dim, hidden, seed=second_seed, dtype=dtype),
+    ], name=name)
+
+
+def correlation(source, target, regressor):
+    """C = mean_b (1/D) sum_j (target[b, j] * normalize(xi(source))[b, j])^2, no gradient reversal."""
+    projected = l2_normalize(tf.cast(regressor(source), target.dtype))
+    return tf.reduce_mean(tf.square(target * projected))
+
+
+def decorrelation_loss(source, target, regressor, rho):
+    """-rho * C on the gradient-reversed, re-normalised embeddings (spec 4.6).
+
+    Descending on it, the regressor maximises C while source and target (through the reversal, which
+    acts on both) minimise it; the renormalisation leaves values unchanged but adds its Jacobian.
+    """
+    source = l2_normalize(gradient_reversal(source))
+    target = l2_normalize(gradient_reversal(target))
+    return -cast_to(rho, target.dtype) * correlation(source, target, regressor)
+
+
+def directions_loss(embeddings, regressors, rhos, directions):
+    """Sum of `decorrelation_loss` over directions (source, target).
+
+    `regressors` is keyed by direction. `rhos` is a dict keyed by direction, or a sequence paired with
+    `directions` in order, in which case, as in the original, directions without a rho are dropped.
+    """
+    weighted = [(rhos[d], d) for d in directions] if isinstance(rhos, dict) else list(zip(rhos, directions))
+    terms = [decorrelation_loss(embeddings[d[0]], embeddings[d[1]], regressors[d], rho) for rho, d in weighted]
+    return tf.add_n(terms) if terms else tf.constant(0.0)

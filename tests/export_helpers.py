@@ -1,0 +1,111 @@
+"""Shared pieces of the export / serve / index tests: a tiny trained-run workdir, encoded test
+images, and running the CLIs in a subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+PROBE = os.path.join(REPO, "tests", "saved_model_probe.py")
+CLIENT = os.path.join(REPO, "export", "client.py")
+
+METRICS = [  # metrics.jsonl as a run writes it (flat "<split>/<embedding>/<metric>" keys)
+    {"epoch": 1, "test/Combined-0.5-1-1-1/recall@1": 0.31, "test/Combined-0.5-1-1-1/nmi": 0.5,
+     "test/discriminative/recall@1": 0.40},
+    {"epoch": 2, "test/Combined-0.5-1-1-1/recall@1": 0.42, "test/Combined-0.5-1-1-1/nmi": 0.6,
+     "test/discriminative/recall@1": 0.30},
+    {"epoch": 3, "train/loss": 1.0},
+]
+
+
+def tiny_config(**kw):
+    from diva_tf.config import Config
+
+    return Config(backbone="tiny", backbone_weights="none", crop=32, resize=36, dataset="folder",
+                  **kw)
+
+
+def make_workdir(path: str, seed: int = 1, metrics: list | None = None):
+    """A run folder as training leaves it: config.json + best.weights.h5 (+ metrics.jsonl)."""
+    from diva_tf.model import build_embedding_model
+
+    os.makedirs(path, exist_ok=True)
+    cfg = tiny_config(seed=seed)
+    model = build_embedding_model(cfg)
+    cfg.save(os.path.join(path, "config.json"))
+    model.save_weights(os.path.join(path, "best.weights.h5"))
+    if metrics:
+        with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in metrics)
+    return path, model, cfg
+
+
+def encode(array: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def sample_images(seed: int = 0) -> dict[str, bytes]:
+    """Encoded images of several formats, sizes and channel counts (all must embed alike)."""
+    rng = np.random.RandomState(seed)
+    pix = lambda *shape: rng.randint(0, 256, shape).astype(np.uint8)  # noqa: E731
+    return {"rgb.jpg": encode(pix(50, 40, 3), "JPEG"), "wide.png": encode(pix(30, 70, 3), "PNG"),
+            "grey.png": encode(pix(48, 48), "PNG"), "rgba.png": encode(pix(36, 44, 4), "PNG"),
+            "grey.jpg": encode(pix(40, 41), "JPEG")}
+
+
+def write_files(folder: str, images: dict[str, bytes]) -> list[str]:
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for name, data in images.items():
+        paths.append(os.path.join(folder, name))
+        with open(paths[-1], "wb") as f:
+            f.write(data)
+    return paths
+
+
+def subprocess_env() -> dict:
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run a command from the repo root with diva_tf importable; fails loudly with its output."""
+    proc = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, **kw)
+    return proc
+
+
+def load_client():
+    """export/client.py as a module (it lives outside the package, as users get it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("diva_client", CLIENT)
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    return client
+
+
+def start_server(base_path: str, name: str = "diva") -> tuple[subprocess.Popen, str]:
+    """`python -m diva_tf.serve --port 0` in a subprocess; returns it and its base URL."""
+    proc = subprocess.Popen([PYTHON, "-m", "diva_tf.serve", "--model_base_path", base_path,
+                             "--model_name", name, "--port", "0"], cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("listening on"):
+        proc.kill()
+        raise AssertionError(f"server did not start: {line}{proc.stderr.read()}")
+    return proc, line.split()[-1]
+
+
+def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"{proc.args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc

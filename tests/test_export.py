@@ -1,0 +1,165 @@
+"""SavedModel export: TF Serving layout, atomic publishing, both signatures, manifest, and
+equality with the trained model under the evaluation preprocessing (also in a fresh process)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from diva_tf import export
+from export_helpers import (METRICS, PROBE, PYTHON, check, make_workdir, run, sample_images,
+                            write_files)
+
+WEIGHTS = (0.5, 1.0, 1.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(workdir, model, cfg) of a tiny 'trained' run with a metrics log."""
+    return make_workdir(str(tmp_path_factory.mktemp("run")), seed=5, metrics=METRICS)
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    workdir, _, _ = trained
+    base = str(tmp_path_factory.mktemp("models") / "diva")
+    return export.export_workdir(workdir, base, head_weights=WEIGHTS)
+
+
+def reference(model, cfg, encoded: list[bytes], weights=WEIGHTS) -> dict:
+    """What evaluation computes: eval transform on the decoded image, model, head combination."""
+    from diva_tf.data import eval_transform
+    from diva_tf.evaluation.combine import combine_heads
+
+    images = np.stack([eval_transform(export.decode_rgb(tf.constant(e)), cfg).numpy() for e in encoded])
+    out = {k: v.numpy() for k, v in model(images, training=False).items()}
+    return {"images": images, "embedding": combine_heads(out, cfg.diva_features, weights), **out}
+
+
+def test_layout_and_manifest(exported, trained):
+    workdir, _, cfg = trained
+    base = os.path.dirname(exported)
+    assert exported == os.path.join(base, "1")
+    assert os.listdir(base) == ["1"]  # no temporary folder left behind
+    for rel in ("saved_model.pb", "variables/variables.index", "assets/diva_manifest.json"):
+        assert os.path.exists(os.path.join(exported, rel)), rel
+    m = export.read_manifest(exported)
+    assert m["heads"] == list(cfg.diva_features) and m["head_weights"] == list(WEIGHTS)
+    assert (m["embed_dim"], m["embedding_dim"], m["crop"], m["resize"]) == (128, 512, 32, 36)
+    assert (m["backbone"], m["dataset"], m["model_version"]) == ("tiny", "folder", 1)
+    assert m["diva_tf_version"] and m["source"]["workdir"] == os.path.abspath(workdir)
+    assert m["metrics"]["epoch"] == 2 and m["metrics"]["scores"]["recall@1"] == 0.42
+
+
+def test_versions_increment_and_are_never_overwritten(trained, tmp_path):
+    _, model, cfg = trained
+    base = str(tmp_path / "diva")
+    assert export.export_model(model, cfg, base) == os.path.join(base, "1")
+    assert export.export_model(model, cfg, base) == os.path.join(base, "2")
+    assert export.export_model(model, cfg, base, version=10).endswith("10")
+    assert export.list_versions(base) == [1, 2, 10] and export.next_version(base) == 11
+    before = export.fingerprint(os.path.join(base, "2"))
+    with pytest.raises(export.ExportError, match="already exists"):
+        export.export_model(model, cfg, base, version=2)
+    assert export.fingerprint(os.path.join(base, "2")) == before
+    export.export_model(model, cfg, base, version=2, head_weights=WEIGHTS, overwrite=True)
+    assert export.read_manifest(os.path.join(base, "2"))["head_weights"] == list(WEIGHTS)
+    assert sorted(os.listdir(base)) == ["1", "10", "2"]
+
+
+def test_failure_mid_export_publishes_nothing(trained, tmp_path, monkeypatch):
+    _, model, cfg = trained
+    base = str(tmp_path / "diva")
+    export.export_model(model, cfg, base)
+    real_build = export.build_archive
+
+    class Crashing:
+        def __init__(self, archive):
+            self.archive = archive
+
+        def write_out(self, path, **kw):
+            self.archive.write_out(path, **kw)  # a complete SavedModel, then the crash
+            raise KeyboardInterrupt("killed mid-export")
+
+    monkeypatch.setattr(export, "build_archive", lambda *a: Crashing(real_build(*a)))
+    with pytest.raises(KeyboardInterrupt):
+        export.export_model(model, cfg, base)
+    assert os.listdir(base) == ["1"] and export.list_versions(base) == [1]
+
+
+def test_half_written_folders_are_not_versions(tmp_path):
+    base = tmp_path / "diva"
+    (base / "3").mkdir(parents=True)  # no saved_model.pb
+    (base / ".tmp-4-abc").mkdir()
+    assert export.list_versions(str(base)) == [] and export.next_version(str(base)) == 1
+    with pytest.raises(export.ExportError, match="neither a SavedModel"):
+        export.resolve_saved_model(str(base))
+
+
+def test_bytes_signature_equals_eval_transform_and_model(exported, trained):
+    _, model, cfg = trained
+    encoded = list(sample_images().values())  # JPEG + PNG; RGB, grey, RGBA; several sizes
+    loaded = export.load_export(os.path.dirname(exported))
+    assert loaded.version == 1
+    got = loaded.signature()(image_bytes=tf.constant(encoded))
+    want = reference(model, cfg, encoded)
+    assert set(got) == {"embedding", *cfg.diva_features}
+    for name, value in got.items():
+        np.testing.assert_allclose(value.numpy(), want[name], atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(np.linalg.norm(got["embedding"], axis=1), 1.0, atol=1e-5)
+    images = loaded.signature("serve_images")(images=tf.constant(want["images"]))
+    np.testing.assert_allclose(images["embedding"].numpy(), want["embedding"], atol=1e-5)
+
+
+def test_head_weights_are_baked_in(exported, trained, tmp_path):
+    _, model, cfg = trained
+    encoded = [sample_images()["rgb.jpg"]]
+    uniform = export.load_export(export.export_model(model, cfg, str(tmp_path / "u"), head_weights=(1, 1, 1, 1)))
+    weighted = export.load_export(exported)
+    a, b = uniform.embed_bytes(encoded), weighted.embed_bytes(encoded)
+    assert np.abs(a - b).max() > 1e-3
+    np.testing.assert_allclose(a, reference(model, cfg, encoded, (1, 1, 1, 1))["embedding"], atol=1e-5)
+
+
+def test_saved_model_cli_lists_both_signatures(exported):
+    cli = os.path.join(os.path.dirname(PYTHON), "saved_model_cli")
+    out = check(run([cli, "show", "--all", "--dir", exported])).stdout
+    assert "signature_def['serving_default']" in out and "signature_def['serve_images']" in out
+    assert "inputs['image_bytes']" in out and "DT_STRING" in out
+    assert "inputs['images']" in out and "shape: (-1, 32, 32, 3)" in out
+    assert "outputs['embedding']" in out and "shape: (-1, 512)" in out
+
+
+def test_fresh_process_tensorflow_only(exported, trained, tmp_path):
+    """tf.saved_model.load, the endpoint, TFSMLayer and a tf.data map, without diva_tf."""
+    _, model, cfg = trained
+    images = sample_images(seed=1)
+    files = write_files(str(tmp_path / "img"), images)
+    want = reference(model, cfg, list(images.values()))
+    np.save(tmp_path / "images.npy", want["images"])
+    out = str(tmp_path / "probe.npz")
+    check(run([PYTHON, PROBE, exported, out, *files, "--images", str(tmp_path / "images.npy")]))
+    got = np.load(out)
+    for key in ("bytes_embedding", "endpoint", "tfsm", "tfdata", "images_embedding"):
+        np.testing.assert_allclose(got[key], want["embedding"], atol=1e-5, err_msg=key)
+    for head in cfg.diva_features:
+        np.testing.assert_allclose(got[f"bytes_{head}"], want[head], atol=1e-5, err_msg=head)
+
+
+def test_tf_data_pipeline_in_process(exported, tmp_path):
+    """The README snippet: map the loaded signature over batches of encoded images."""
+    files = write_files(str(tmp_path), sample_images(seed=2))
+    loaded = tf.saved_model.load(exported)  # keep it: it owns the variables the signature reads
+    serving = loaded.signatures["serving_default"]
+    ds = (tf.data.Dataset.from_tensor_slices(files).map(tf.io.read_file).batch(2)
+          .map(lambda b: serving(image_bytes=b)["embedding"]))
+    got = np.concatenate([e.numpy() for e in ds])
+    want = serving(image_bytes=tf.constant([open(f, "rb").read() for f in files]))["embedding"]
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+
+
+def test_best_metrics_without_log(tmp_path):
+    assert export.best_metrics(str(tmp_path), ["discriminative"], (1.0,)) is None
