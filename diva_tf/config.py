@@ -90,6 +90,8 @@ class Config:
     diva_rho_decorrelation: list = _f([1500.0, 1500.0, 1500.0],
                                       "One rho per decorrelation direction (error if the count "
                                       "differs; the original silently dropped extras).")
+    diva_decorrelations: list = _f([], "Explicit decorrelation directions 'source-target' (default: "
+                                   "DiVA's rule for the configured heads, spec 4.6).")
     diva_decorrnet_dim: int = _f(512, "Hidden size of the decorrelation regressors.")
     diva_decorrnet_lr: float = _f(1e-5, "Regressor learning rate (no weight decay).")
     diva_moco_momentum: float = _f(0.9, "Key-encoder momentum (not MoCo's 0.999).")
@@ -134,10 +136,21 @@ class Config:
 
     @property
     def decorrelation_directions(self) -> list:
-        """(source, target) pairs: each auxiliary head -> discriminative (spec 4.6)."""
-        if "discriminative" not in self.diva_features:
-            return []
-        return [(h, "discriminative") for h in self.diva_features if h != "discriminative"]
+        """(source, target) pairs decorrelated by the regressors (spec 4.6).
+
+        --diva_decorrelations when given; else DiVA's rules: four heads -> each auxiliary head to
+        discriminative; (discriminative, selfsimilarity, shared) -> ss->disc, shared->disc,
+        shared->ss; any other set -> none.
+        """
+        if self.diva_decorrelations:
+            return [tuple(d.split("-", 1)) for d in self.diva_decorrelations]
+        feats = set(self.diva_features)
+        if feats == set(HEAD_NAMES):
+            return [(h, "discriminative") for h in self.diva_features if h != "discriminative"]
+        if feats == {"discriminative", "selfsimilarity", "shared"}:
+            return [("selfsimilarity", "discriminative"), ("shared", "discriminative"),
+                    ("shared", "selfsimilarity")]
+        return []
 
     def validate(self) -> "Config":
         """Raise ConfigError naming the offending flag; returns self."""
@@ -162,6 +175,10 @@ class Config:
              f"--bs={self.bs} must be a multiple of --samples_per_class={self.samples_per_class}")
         need(self.samples_per_class >= 2 or feats == ["selfsimilarity"],
              "--samples_per_class must be >= 2: the margin losses need a positive per anchor")
+        for d in self.diva_decorrelations:
+            src, _, tgt = d.partition("-")
+            need(src in feats and tgt in feats and src != tgt,
+                 f"--diva_decorrelations entry {d!r}: expected 'source-target' with two configured heads")
         n_dir = len(self.decorrelation_directions)
         need(len(self.diva_rho_decorrelation) == n_dir,
              f"--diva_rho_decorrelation has {len(self.diva_rho_decorrelation)} value(s) but "

@@ -8,9 +8,9 @@ Layout (what TF Serving watches): `<export_dir>/<version>/saved_model.pb`, `vari
 renamed into place, so a server polling `<export_dir>` never sees half an export.
 
 Signatures:
-- `serving_default`: `image_bytes` tf.string [n] (JPEG/PNG/GIF/BMP, any size) -> decoded to RGB,
-  then the evaluation transform (resize the shorter side to `resize`, centre crop `crop`) and the
-  model. The preprocessing is the very function the evaluation pipeline maps over its images.
+- `serving_default`: `image_bytes` tf.string [n] (JPEG/PNG/GIF/BMP/WebP, any size) -> decoded to
+  RGB, then the evaluation transform (resize the shorter side to `resize`, centre crop `crop`) and
+  the model. Decoder and transform are the functions the evaluation pipeline maps over its images.
 - `serve_images`: `images` float32 [n, crop, crop, 3] in 0..255 -> the model, with NO resize or
   crop: the caller must pass images already transformed as above.
 Both return `embedding` (heads weighted by the baked-in head weights, concatenated and
@@ -86,9 +86,13 @@ def fingerprint(version_dir: str) -> str:
 
 
 # ---- the exported graph ---------------------------------------------------------------------
-def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
-    """One encoded image (JPEG/PNG/GIF/BMP) -> uint8 [h, w, 3]; grey and RGBA become RGB."""
-    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+def eval_preprocess(image_bytes: tf.Tensor, cfg) -> tf.Tensor:
+    """One encoded image -> float32 [crop, crop, 3], composed exactly as `data.eval_dataset`
+    does: the data pipeline's decoder, then its test view."""
+    from diva_tf.data.augment import test_view
+    from diva_tf.data.source import decode_rgb
+
+    return test_view(decode_rgb(image_bytes), cfg.resize, cfg.crop)
 
 
 def embedding_outputs(model, heads, head_weights, images):
@@ -105,8 +109,6 @@ def build_archive(model, cfg, head_weights):
     """ExportArchive with the `serving_default` (encoded bytes) and `serve_images` endpoints."""
     import keras
 
-    from diva_tf.data import eval_transform
-
     heads = list(cfg.diva_features)
     image_spec = tf.TensorSpec([cfg.crop, cfg.crop, 3], tf.float32)
 
@@ -114,7 +116,7 @@ def build_archive(model, cfg, head_weights):
         return embedding_outputs(model, heads, head_weights, images)
 
     def from_bytes(image_bytes):
-        images = tf.map_fn(lambda b: eval_transform(decode_rgb(b), cfg), image_bytes,
+        images = tf.map_fn(lambda b: eval_preprocess(b, cfg), image_bytes,
                            fn_output_signature=image_spec)
         return from_images(images)
 

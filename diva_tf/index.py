@@ -24,7 +24,6 @@ import numpy as np
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.json"
 MANIFEST_FILE = "manifest.json"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
 class IndexMismatchError(RuntimeError):
@@ -41,11 +40,12 @@ class Hit:
 
 # ---- inputs ---------------------------------------------------------------------------------
 def find_images(root: str) -> list[str]:
-    """Image files under root (by extension), sorted for a reproducible id order."""
+    """Image files under root, as the dataset loaders list them (sorted, hidden files skipped)."""
+    from diva_tf.data.imagefiles import list_images
+
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--images {root}: no such folder")
-    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
-                  if f.lower().endswith(IMAGE_EXTENSIONS))
+    return list_images(root)
 
 
 def folder_label(root: str, path: str) -> str | None:
@@ -163,7 +163,7 @@ def build_index(saved_model: str, images_dir: str, out_dir: str, labels_from_fol
     export = load_export(saved_model)
     paths = find_images(images_dir)
     if not paths:
-        raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {images_dir}")
+        raise FileNotFoundError(f"no image files under {images_dir}")
     embeddings, kept = embed_files(export, paths, batch_size)
     skipped = len(paths) - len(kept)
     if skipped:

@@ -34,8 +34,9 @@ class DiVAObjective(keras.layers.Layer):
         self.directions = cfg.decorrelation_directions
         self.rhos = dict(zip(self.directions, cfg.diva_rho_decorrelation))
         self.regressors = {
-            src: losses.build_regressor(cfg.embed_dim, cfg.diva_decorrnet_dim, name=f"regressor_{src}")
-            for src, _ in self.directions
+            f"{src}-{tgt}": losses.build_regressor(cfg.embed_dim, cfg.diva_decorrnet_dim,
+                                                   name=f"regressor_{src}_{tgt}")
+            for src, tgt in self.directions
         }
         self.proxies = None
         if cfg.loss == "proxy" and "discriminative" in heads:
@@ -98,8 +99,8 @@ class DiVAObjective(keras.layers.Layer):
                 fixed=cfg.diva_fixed, weighted=cfg.diva_ssl == "fast_moco")
         if self.directions:
             terms["decorrelation"] = tf.add_n([
-                losses.decorrelation_loss(embeddings[src], embeddings[tgt], self.regressors[src],
-                                          self.rhos[(src, tgt)])
+                losses.decorrelation_loss(embeddings[src], embeddings[tgt],
+                                          self.regressors[f"{src}-{tgt}"], self.rhos[(src, tgt)])
                 for src, tgt in self.directions])
         total = tf.add_n(list(terms.values()))
         return total, terms

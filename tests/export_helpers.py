@@ -48,6 +48,24 @@ def make_workdir(path: str, seed: int = 1, metrics: list | None = None):
     return path, model, cfg
 
 
+def eval_pipeline_images(encoded: list[bytes], cfg) -> np.ndarray:
+    """What the evaluation pipeline (`data.eval_dataset`) feeds the model for these files."""
+    from diva_tf import data
+    from diva_tf.data.splits import Split
+
+    split = Split(images=list(encoded), labels=np.zeros(len(encoded)), class_names=["all"])
+    return np.concatenate([x for x, _ in data.eval_dataset(split, cfg).as_numpy_iterator()])
+
+
+def reference(model, cfg, encoded: list[bytes], weights) -> dict:
+    """Evaluation's embeddings: pipeline images, the model, the weighted head combination."""
+    from diva_tf.evaluation.combine import combine_heads
+
+    images = eval_pipeline_images(encoded, cfg)
+    out = {k: np.asarray(v) for k, v in model(images, training=False).items()}
+    return {"images": images, "embedding": combine_heads(out, cfg.diva_features, weights), **out}
+
+
 def encode(array: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))

@@ -24,6 +24,15 @@ def test_decorrelation_directions_each_aux_to_discriminative():
                                             ("shared", "discriminative"),
                                             ("intra", "discriminative")]
     assert Config(diva_features=["selfsimilarity"], diva_rho_decorrelation=[]).decorrelation_directions == []
+    three = Config(diva_features=["discriminative", "selfsimilarity", "shared"])
+    assert three.decorrelation_directions == [("selfsimilarity", "discriminative"),
+                                              ("shared", "discriminative"),
+                                              ("shared", "selfsimilarity")]
+    explicit = Config(diva_features=["discriminative", "intra"], diva_decorrelations=["intra-discriminative"],
+                      diva_rho_decorrelation=[5.0]).validate()
+    assert explicit.decorrelation_directions == [("intra", "discriminative")]
+    with pytest.raises(ConfigError, match="diva_decorrelations"):
+        explicit.replace(diva_decorrelations=["intra-shared"]).validate()
 
 
 @pytest.mark.parametrize("kw, needle", [

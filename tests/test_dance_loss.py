@@ -112,3 +112,12 @@ def test_enqueue_is_fifo_and_keeps_static_shape():
     traced = tf.function(losses.enqueue).get_concrete_function(
         tf.TensorSpec([10, 2], tf.float32), tf.TensorSpec([3, 2], tf.float32))
     assert traced.structured_outputs.shape == (10, 2)
+
+
+def test_unknown_static_shapes_as_after_all_gather():
+    q, k, queue = (tf.constant(v, tf.float32) for v in _batch(6))
+    spec = [tf.TensorSpec([None, None], tf.float32)] * 3
+    traced = tf.function(lambda a, b, c: losses.dance_loss(a, b, c, 0.1), input_signature=spec)
+    assert traced(q, k, queue).numpy() == pytest.approx(losses.dance_loss(q, k, queue, 0.1).numpy(), rel=1e-6)
+    fifo = tf.function(losses.enqueue, input_signature=spec[:2])
+    np.testing.assert_array_equal(fifo(queue, k).numpy(), losses.enqueue(queue, k).numpy())

@@ -125,15 +125,16 @@ def test_combined_objective_forward_backward_in_tf_function(jit):
     regs = {d: losses.build_regressor(dim, 32, name=f"xi_{d[0]}") for d in dirs}
     for r in regs.values():
         r.build((None, dim))
-    variables = list(raw.values()) + list(betas.values()) + [v for r in regs.values() for v in r.trainable_variables]
+    variables = (list(raw.values()) + list(betas.values())
+                 + [v for r in regs.values() for v in r.trainable_variables])
 
     @tf.function(jit_compile=jit)
     def step(seed):
         with tf.GradientTape() as tape:
             emb = {h: l2_normalize(v) for h, v in raw.items()}
             seeds = tf.random.experimental.stateless_split(seed, 3)
-            disc = losses.margin_loss(emb["discriminative"], labels, betas["discriminative"],
-                                      miners.distance_weighted_triplets(emb["discriminative"], labels, seeds[0]))
+            disc_triplets = miners.distance_weighted_triplets(emb["discriminative"], labels, seeds[0])
+            disc = losses.margin_loss(emb["discriminative"], labels, betas["discriminative"], disc_triplets)
             shared = losses.margin_loss(emb["shared"], labels, betas["shared"],
                                         miners.shared_permuted_triplets(emb["shared"], labels, seeds[1]))
             intra = losses.margin_loss(emb["intra"], labels, betas["intra"],

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from diva_tf import export
+import export_helpers as helpers
 from export_helpers import (METRICS, PROBE, PYTHON, check, make_workdir, run, sample_images,
                             write_files)
 
@@ -29,14 +30,8 @@ def exported(trained, tmp_path_factory):
     return export.export_workdir(workdir, base, head_weights=WEIGHTS)
 
 
-def reference(model, cfg, encoded: list[bytes], weights=WEIGHTS) -> dict:
-    """What evaluation computes: eval transform on the decoded image, model, head combination."""
-    from diva_tf.data import eval_transform
-    from diva_tf.evaluation.combine import combine_heads
-
-    images = np.stack([eval_transform(export.decode_rgb(tf.constant(e)), cfg).numpy() for e in encoded])
-    out = {k: v.numpy() for k, v in model(images, training=False).items()}
-    return {"images": images, "embedding": combine_heads(out, cfg.diva_features, weights), **out}
+def reference(model, cfg, encoded, weights=WEIGHTS):
+    return helpers.reference(model, cfg, encoded, weights)
 
 
 def test_layout_and_manifest(exported, trained):

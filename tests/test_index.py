@@ -12,6 +12,7 @@ import pytest
 
 from diva_tf import export
 from diva_tf import index as idx
+import export_helpers as helpers
 from export_helpers import (CLIENT, METRICS, PROBE, PYTHON, check, load_client, make_workdir, run,
                             start_server, tiny_config, write_files)
 from synthetic import make_folder_dataset
@@ -99,14 +100,9 @@ def test_end_to_end_chain(tmp_path, image_dir):
         "q0.jpg": open(os.path.join(image_dir, "class_02", "img_1.jpg"), "rb").read(),
         "q1.jpg": open(os.path.join(image_dir, "class_03", "img_2.jpg"), "rb").read()})
 
-    # reference: the trained model itself on the evaluation preprocessing, in this process
-    from diva_tf.data import eval_transform
-    from diva_tf.evaluation.combine import combine_heads
-    import tensorflow as tf
-
-    images = np.stack([eval_transform(export.decode_rgb(tf.io.read_file(q)), cfg).numpy() for q in queries])
-    out = {k: v.numpy() for k, v in model(images, training=False).items()}
-    reference = combine_heads(out, cfg.diva_features, (0.5, 1, 1, 1))
+    # reference: the trained model itself on the evaluation pipeline, in this process
+    reference = helpers.reference(model, cfg, [open(q, "rb").read() for q in queries],
+                                  (0.5, 1, 1, 1))["embedding"]
 
     # fresh process, TensorFlow only
     probe = str(tmp_path / "probe.npz")

@@ -93,3 +93,15 @@ def test_gradients_wrt_embeddings_and_beta_match_finite_differences():
     assert np.abs(fx).max() > 0.05 and np.abs(fb).max() > 0.05
     np.testing.assert_allclose(gx, fx, atol=1e-7)
     np.testing.assert_allclose(gb, fb, atol=1e-7)
+
+
+def test_beta_gradient_is_dense():
+    """Like torch's beta[labels]: a dense [C] gradient, zero for classes without anchors."""
+    beta = tf.Variable([1.2, 1.0, 0.5])
+    with tf.GradientTape() as tape:
+        loss = losses.margin_loss(tf.constant(X, tf.float32), tf.constant(LABELS), beta,
+                                  tuple(tf.constant(v, tf.int32) for v in zip(BOTH, POS_ONLY)))
+    grad = tape.gradient(loss, beta)
+    assert isinstance(grad, tf.Tensor) and grad.shape == (3,)
+    # both anchors have label 0; the two hinges of BOTH cancel, POS_ONLY gives -1; K = 2
+    np.testing.assert_allclose(grad.numpy(), [-0.5, 0.0, 0.0], atol=1e-7)

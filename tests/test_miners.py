@@ -216,3 +216,15 @@ def test_intra_miner_distribution_classes_uniform_and_draws_with_replacement():
 def test_intra_miner_num_triplets():
     a, p, n, valid = miners.intra_random_triplets(tf.constant([1, 1, 2, 2]), SEED, num_triplets=10)
     assert a.shape == p.shape == n.shape == valid.shape == (10,)
+
+
+def test_miners_accept_unknown_static_shapes_as_after_all_gather():
+    x = tf.constant(ref.unit_rows(np.random.default_rng(7), 8, 16), tf.float32)
+    labels = tf.constant([0, 0, 1, 1, 2, 2, 3, 3])
+    spec = (tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([2], tf.int64))
+    for miner in (miners.distance_weighted_triplets, miners.shared_permuted_triplets,
+                  lambda e, y, s: miners.intra_random_triplets(y, s)):
+        out = tf.function(miner, input_signature=spec)(x, labels, SEED)
+        for a, b in zip(out, miner(x, labels, SEED)):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())

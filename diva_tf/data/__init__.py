@@ -1,0 +1,22 @@
+"""Data: class-disjoint splits of the supported datasets (spec 3.1), the class-balanced samplers
+(spec 3.2), augmentation (spec 3.3) and the tf.data pipelines the trainer and evaluator use.
+
+The pipelines are imported on first use, so `python -m diva_tf.data.prepare` and split loading
+do not pay for importing TensorFlow.
+"""
+
+from diva_tf.data.datasets import load_splits
+from diva_tf.data.errors import DataError
+from diva_tf.data.sampler import sample_epoch_indices, steps_per_epoch
+from diva_tf.data.splits import Split, Splits
+
+__all__ = ["DataError", "Split", "Splits", "eval_dataset", "load_splits", "sample_epoch_indices",
+           "steps_per_epoch", "train_dataset"]
+
+
+def __getattr__(name):
+    if name in ("train_dataset", "eval_dataset"):
+        from diva_tf.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

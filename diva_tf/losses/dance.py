@@ -34,15 +34,17 @@ def dance_loss(queries, keys, queue, temperature, lower_cutoff=0.5, upper_cutoff
                weighted=True):
     """Mean cross-entropy of z_b = [q_b.k_b, W_b1 q_b.Q_1, ..., W_bM q_b.Q_M] / temperature, target 0.
 
-    queries [B, D] (with gradient), keys [B, D] and queue [M, D] are unit-norm. The weights multiply the
-    similarity logits themselves (spec 4.5 step 5). weighted=False is plain MoCo (`criteria/moco.py`).
+    queries [B, D] (with gradient), keys [B, D] and queue [M, D] (constants) are unit-norm. The weights
+    multiply the similarity logits themselves (spec 4.5 step 5). weighted=False is plain MoCo
+    (`criteria/moco.py`).
     """
-    keys = tf.cast(keys, queries.dtype)
-    queue = tf.cast(queue, queries.dtype)
+    keys = tf.cast(tf.stop_gradient(keys), queries.dtype)
+    queue = tf.cast(tf.stop_gradient(queue), queries.dtype)
     positive = tf.reduce_sum(queries * keys, axis=-1, keepdims=True)
     negative = tf.matmul(queries, queue, transpose_b=True)
     if weighted:
-        negative = negative * dance_weights(negative, queries.shape[-1], lower_cutoff, upper_cutoff, fixed)
+        dim = tf.shape(queries)[-1]
+        negative = negative * dance_weights(negative, dim, lower_cutoff, upper_cutoff, fixed)
     logits = tf.concat([positive, negative], axis=-1) / cast_to(temperature, queries.dtype)
     return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=-1) - logits[:, 0])
 

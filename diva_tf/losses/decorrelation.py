@@ -41,5 +41,6 @@ def directions_loss(embeddings, regressors, rhos, directions):
     `directions` in order, in which case, as in the original, directions without a rho are dropped.
     """
     weighted = [(rhos[d], d) for d in directions] if isinstance(rhos, dict) else list(zip(rhos, directions))
-    terms = [decorrelation_loss(embeddings[d[0]], embeddings[d[1]], regressors[d], rho) for rho, d in weighted]
+    terms = [decorrelation_loss(embeddings[src], embeddings[tgt], regressors[(src, tgt)], rho)
+             for rho, (src, tgt) in weighted]
     return tf.add_n(terms) if terms else tf.constant(0.0)

@@ -23,9 +23,16 @@ def margin_loss(embeddings, labels, beta, triplets, margin=0.2):
     x_a = tf.gather(x, anchors)
     d_ap = tf.sqrt(tf.reduce_sum(tf.square(x_a - tf.gather(x, positives)), axis=-1) + 1e-8)
     d_an = tf.sqrt(tf.reduce_sum(tf.square(x_a - tf.gather(x, negatives)), axis=-1) + 1e-8)
-    beta_a = tf.cast(tf.gather(beta, tf.gather(tf.reshape(labels, [-1]), anchors)), x.dtype)
+    beta_a = _lookup(beta, tf.gather(tf.reshape(labels, [-1]), anchors), x.dtype)
     valid = tf.cast(valid, x.dtype)
     pos_loss = tf.nn.relu(d_ap - beta_a + margin) * valid
     neg_loss = tf.nn.relu(beta_a - d_an + margin) * valid
     active = tf.cast(tf.logical_or(pos_loss > 0, neg_loss > 0), x.dtype)
     return tf.math.divide_no_nan(tf.reduce_sum(pos_loss + neg_loss), tf.reduce_sum(active))
+
+
+def _lookup(beta, classes, dtype):
+    """beta[classes] through a one-hot product, so that beta's gradient is dense, as in torch, rather
+    than IndexedSlices (which sparse optimizer paths and gradient all-reduce treat differently)."""
+    beta = tf.cast(beta, dtype)
+    return tf.linalg.matvec(tf.one_hot(classes, tf.shape(beta)[0], dtype=dtype), beta)

@@ -29,7 +29,7 @@ def log_sphere_weights(d, dim):
     clipped at 1 - eps(dtype), which gives such a pair a finite weight that dominates every other one,
     the limit of the formula.
     """
-    dim = float(dim)
+    dim = tf.cast(dim, d.dtype)
     eps = float(np.finfo(d.dtype.as_numpy_dtype).eps)
     quarter_sq = tf.minimum(0.25 * tf.square(d), 1.0 - eps)
     return (2.0 - dim) * tf.math.log(d) - 0.5 * (dim - 3.0) * tf.math.log1p(-quarter_sq)
@@ -51,7 +51,7 @@ def negative_probabilities(embeddings, labels, lower_cutoff=0.5):
     """The [B, B] matrix q_ij the miner samples negatives from (rows without negatives are 0)."""
     x = tf.stop_gradient(embeddings)
     same = _same_label(labels)
-    q = tf.exp(negative_logits(pairwise_distances(x), same, x.shape[-1], lower_cutoff))
+    q = tf.exp(negative_logits(pairwise_distances(x), same, tf.shape(x)[-1], lower_cutoff))
     return tf.math.divide_no_nan(q, tf.reduce_sum(q, axis=-1, keepdims=True))
 
 
@@ -67,7 +67,7 @@ def distance_weighted_triplets(embeddings, labels, seed, lower_cutoff=0.5):
     same = _same_label(labels)
     others = tf.logical_not(tf.eye(tf.shape(same)[0], dtype=tf.bool))
     positive_mask = tf.logical_and(same, others)
-    logits = negative_logits(pairwise_distances(x), same, x.shape[-1], lower_cutoff)
+    logits = negative_logits(pairwise_distances(x), same, tf.shape(x)[-1], lower_cutoff)
     uniforms = stateless_uniforms(tf.concat([[2], tf.shape(same)], 0), seed)
     positives = uniform_choice(positive_mask, uniforms[0])
     negatives = gumbel_choice(logits, uniforms[1])

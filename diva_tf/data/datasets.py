@@ -1,0 +1,60 @@
+"""`load_splits(cfg)`: the dataset named by --dataset as class-disjoint train / (val) / test splits.
+
+Order of operations: the dataset's split rule (spec 3.1), the optional validation carve-out from
+the end of the training classes, the --max_images debug cap, then the readability check of image
+files (unreadable ones skipped with one warning).
+"""
+
+from __future__ import annotations
+
+from absl import logging
+
+from diva_tf.data import cars196, cub200, emoji, folder, sop, tfds_source
+from diva_tf.data.errors import DataError
+from diva_tf.data.imagefiles import drop_unreadable
+from diva_tf.data.splits import Splits, cap_images, carve_validation, split_from_classes
+
+LOADERS = {"cub200": cub200.load, "cars196": cars196.load, "sop": sop.load,
+           "folder": folder.load, "emoji": emoji.load}
+MIN_CLASSES = {"train": 2, "val": 1, "test": 1}
+
+
+def load_classes(cfg) -> tuple[list, list]:
+    """(train ClassList, test ClassList) by the dataset's split rule."""
+    if cfg.dataset not in LOADERS:
+        raise DataError(f"--dataset={cfg.dataset!r}: unknown dataset (choose one of "
+                        f"{', '.join(LOADERS)})")
+    if cfg.tfds_data_dir:
+        if cfg.dataset in tfds_source.LAYOUTS:
+            return tfds_source.load(cfg.dataset, cfg.tfds_data_dir)
+        logging.warning("--tfds_data_dir is ignored for --dataset=%s", cfg.dataset)
+    return LOADERS[cfg.dataset](cfg)
+
+
+def check_classes(classes: list, what: str, min_classes: int) -> None:
+    """DataError if too few classes; a warning naming single-image classes."""
+    if len(classes) < min_classes:
+        raise DataError(f"{what} split has {len(classes)} class(es) with images; it needs at "
+                        f"least {min_classes}")
+    single = [name for name, images in classes if len(images) == 1]
+    if single:
+        logging.warning("%s split: %d class(es) have a single image (e.g. %s): with replacement "
+                        "sampling their pair repeats that image; class_without_replacement skips "
+                        "them", what, len(single), ", ".join(single[:3]))
+
+
+def load_splits(cfg) -> Splits:
+    """Splits of cfg.dataset; raises DataError for anything a user must fix."""
+    train, test = load_classes(cfg)
+    train, val = carve_validation(train, cfg.val_classes_fraction)
+    splits = {}
+    for name, classes in (("train", train), ("val", val), ("test", test)):
+        if classes is None:
+            continue
+        what = f"{cfg.dataset} {name}"
+        classes = drop_unreadable(cap_images(classes, cfg.max_images), what)
+        check_classes(classes, what, MIN_CLASSES[name])
+        splits[name] = split_from_classes(classes)
+        logging.info("%s: %d images, %d classes", what, len(splits[name]),
+                     splits[name].num_classes)
+    return Splits(**splits)

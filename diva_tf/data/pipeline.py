@@ -1,0 +1,63 @@
+"""tf.data pipelines: the infinite training stream of (view1, view2, labels) global batches and
+the in-order evaluation stream of (images, labels).
+
+Training element k of epoch e is image `sample_epoch_indices(...)[k]`; its two views are drawn
+with stateless ops seeded from (seed, e, k). So every batch depends only on (seed, epoch): a run
+resumed at epoch e (start_epoch=e) sees exactly the batches it would have seen, whatever the
+parallelism.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from diva_tf.data import sampler
+from diva_tf.data.augment import test_view, train_view
+from diva_tf.data.source import image_source
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _element_seed(seed: int, epoch, position):
+    base = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, position)
+
+
+def train_dataset(split, cfg, start_epoch: int = 0, steps_per_epoch: int | None = None):
+    """Infinite dataset of epochs start_epoch, start_epoch + 1, ... each of `steps_per_epoch`
+    batches (default: sampler.steps_per_epoch): float32 [B, crop, crop, 3] twice, int32 [B]."""
+    steps = steps_per_epoch or sampler.steps_per_epoch(split, cfg)
+    sampler.check_sampler(split.labels, cfg)
+    n = steps * cfg.bs
+    labels = tf.constant(split.labels, tf.int32)
+    source = image_source(split, cfg)
+
+    def epoch_indices(epoch):
+        return sampler.sample_epoch_indices(split.labels, cfg, int(epoch), steps).reshape(-1)
+
+    def epoch_elements(epoch):
+        indices = tf.numpy_function(epoch_indices, [epoch], tf.int32, stateful=False)
+        indices = tf.ensure_shape(indices, [n])
+        return tf.data.Dataset.from_tensor_slices(
+            (indices, tf.fill([n], epoch), tf.range(n, dtype=tf.int64)))
+
+    def element(index, epoch, position):
+        image = source.load(index)
+        seeds = tf.random.experimental.stateless_split(_element_seed(cfg.seed, epoch, position), 2)
+        return (train_view(image, seeds[0], cfg.crop), train_view(image, seeds[1], cfg.crop),
+                tf.gather(labels, index))
+
+    ds = tf.data.Dataset.counter(start_epoch, dtype=tf.int64).flat_map(epoch_elements)
+    ds = ds.map(element, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(cfg.bs, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_dataset(split, cfg, batch_size: int | None = None):
+    """Every image of the split once, in split order: float32 [b, crop, crop, 3], int32 [b]
+    (the last batch may be smaller)."""
+    source = image_source(split, cfg)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(split), dtype=tf.int64), tf.constant(split.labels, tf.int32)))
+    ds = ds.map(lambda i, y: (test_view(source.load(i), cfg.resize, cfg.crop), y),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size or cfg.eval_batch_size).prefetch(AUTOTUNE)

@@ -1,0 +1,53 @@
+"""Prepare a dataset folder once, before training.
+
+    python -m diva_tf.data.prepare emoji --out DIR [--vendors google,twitter,apple,facebook]
+                                         [--size 64] [--npm_cache DIR]
+
+Then train with --dataset=emoji --data_dir=DIR. Rerunning with the same arguments does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from absl import logging
+
+from diva_tf.data.emoji_prepare import NPM_CACHE_ENV, SOURCE_SIZE, VENDORS, prepare_emoji
+from diva_tf.data.errors import DataError
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m diva_tf.data.prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="dataset", required=True)
+    emoji = sub.add_parser("emoji", help="emoji drawings of several vendors (npm emoji-datasource)")
+    emoji.add_argument("--out", required=True, help="Folder to write (the later --data_dir).")
+    emoji.add_argument("--vendors", default=",".join(VENDORS),
+                       help=f"Comma-separated vendors out of {','.join(VENDORS)}.")
+    emoji.add_argument("--size", type=int, default=SOURCE_SIZE, help="Output image size in px.")
+    emoji.add_argument("--npm_cache", default=None,
+                       help=f"Folder of downloaded package tarballs (default ${NPM_CACHE_ENV}, "
+                            "else OUT/npm_cache); npm pack runs only for missing ones.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.set_verbosity(logging.INFO)
+    logging.use_absl_handler()
+    vendors = [v.strip() for v in args.vendors.split(",") if v.strip()]
+    try:
+        manifest, did_work = prepare_emoji(args.out, vendors, args.size, args.npm_cache)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    state = "prepared" if did_work else "already prepared (same vendors and size); nothing to do:"
+    print(f"emoji {state} {args.out}: {manifest['num_classes']} classes x "
+          f"{len(manifest['vendors'])} vendors ({','.join(manifest['vendors'])}), "
+          f"{manifest['size']} px")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
