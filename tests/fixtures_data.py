@@ -12,10 +12,13 @@ import pytest
 from PIL import Image
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    """Keep the image-check cache of each test inside its tmp_path."""
-    monkeypatch.setenv("DIVA_TF_CACHE_DIR", str(tmp_path / "diva_cache"))
+@pytest.fixture(scope="module", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Keep the image-check cache of a test module (module-scoped fixtures included) in a
+    temporary folder instead of the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIVA_TF_CACHE_DIR", str(tmp_path_factory.mktemp("diva_cache")))
+        yield
 
 
 def class_color(i: int) -> tuple:
@@ -112,7 +115,8 @@ def make_emoji_tarball(cache_dir: str, vendor: str, entries: list[dict],
         tar.addfile(info, io.BytesIO(data))
 
     with tarfile.open(path, "w:gz") as tar:
-        add(tar, "package/package.json", json.dumps({"name": f"emoji-datasource-{vendor}"}).encode())
+        package = {"name": f"emoji-datasource-{vendor}", "version": version}
+        add(tar, "package/package.json", json.dumps(package).encode())
         add(tar, "package/emoji.json", json.dumps(entries).encode())
         for i, e in enumerate(entries):
             if e[f"has_img_{vendor}"] and e["short_name"] not in skip_images:

@@ -45,7 +45,8 @@ def draws(c, epochs=300, labels=LABELS):
 
 
 def test_epoch_length_is_floor_n_over_b_or_the_override():
-    split = Split(images=["x"] * len(LABELS), labels=LABELS, class_names=list("abcdefghijklmnopqrst"))
+    split = Split(images=["x"] * len(LABELS), labels=LABELS,
+                  class_names=[str(c) for c in range(len(SIZES))])
     assert steps_per_epoch(split, cfg()) == len(LABELS) // 16 == 13
     assert sample_epoch_indices(LABELS, cfg(), 0).shape == (13, 16)
     assert sample_epoch_indices(LABELS, cfg(), 0).dtype == np.int32

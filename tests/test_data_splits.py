@@ -207,6 +207,10 @@ def _corrupt_tree(root):
     data = open(os.path.join(root, "b", "img_0.jpg"), "rb").read()
     with open(os.path.join(root, "b", "img_2.jpg"), "wb") as f:
         f.write(data[: len(data) // 3])
+    write_image(os.path.join(root, "c", "img_1.jpg"), 2, size=(80, 60))
+    data = open(os.path.join(root, "c", "img_1.jpg"), "rb").read()
+    with open(os.path.join(root, "c", "img_1.jpg"), "wb") as f:  # header intact, scan cut short
+        f.write(data[: int(len(data) * 0.9)])
     write_image(os.path.join(root, "c", "img_9.png"), 0)
     os.rename(os.path.join(root, "c", "img_9.png"), os.path.join(root, "c", "tmp.tif"))
     from PIL import Image
@@ -223,9 +227,10 @@ def test_unreadable_files_skipped_with_one_warning(tmp_path, caplog):
     assert len(skipped) == 2  # one per split, each with count and examples
     assert "skipping 2 unreadable image file(s)" in skipped[0]
     assert "img_1.jpg" in skipped[0] and "img_2.jpg" in skipped[0]
-    assert "skipping 1 unreadable" in skipped[1] and "TIFF images cannot be decoded" in skipped[1]
+    assert "skipping 2 unreadable" in skipped[1] and "TIFF images cannot be decoded" in skipped[1]
+    assert "img_1.jpg (OSError: image file is truncated" in skipped[1]
     assert splits.train.class_counts().tolist() == [2, 2]
-    assert splits.test.class_counts().tolist() == [3, 1]
+    assert splits.test.class_counts().tolist() == [2, 1]
     single = [r.getMessage() for r in caplog.records if "single image" in r.getMessage()]
     assert single and "1 class(es)" in single[0] and "d" in single[0]
 

@@ -8,6 +8,9 @@ exactly as they would read a genuinely prepared dataset.
 
 from __future__ import annotations
 
+import tempfile
+from unittest import mock
+
 import numpy as np
 import pytest
 
@@ -69,7 +72,9 @@ def _build_all(data_dir: str) -> None:
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tfds"))
-    _build_all(path)
+    # tfds leaves an empty temporary folder per unprepared builder: keep them in tmp_path.
+    with mock.patch.object(tempfile, "tempdir", str(tmp_path_factory.mktemp("tfds_tmp"))):
+        _build_all(path)
     return path
 
 
@@ -87,7 +92,7 @@ def test_cub200_pools_tfds_splits_and_resplits_by_label(tfds_dir):
     splits = load("cub200", tfds_dir)
     assert splits.train.class_names == ["001.bird_0", "002.bird_1", "100.bird_99"]
     assert splits.test.class_names == ["101.bird_100", "151.bird_150", "200.bird_199"]
-    assert splits.train.class_counts().tolist() == [2, 2, 1]  # labels 0 and 1 are in both tfds splits
+    assert splits.train.class_counts().tolist() == [2, 2, 1]  # 0 and 1: in both tfds splits
     assert all(isinstance(x, bytes) for x in splits.train.images)
     for split, ids in ((splits.train, [0, 1, 99]), (splits.test, [100, 150, 199])):
         expected = np.array([class_color(ids[y]) for y in split.labels], np.float32)
@@ -110,13 +115,16 @@ def test_sop_uses_the_tfds_train_and_test_splits(tfds_dir):
     assert splits.test.labels.tolist() == [0, 1, 1]
 
 
-def test_tfds_source_with_validation_and_cap(tfds_dir):
-    splits = load("cub200", tfds_dir, val_classes_fraction=0.34, max_images=4)
+def test_tfds_source_with_validation_split(tfds_dir):
+    splits = load("cub200", tfds_dir, val_classes_fraction=0.34)
     assert splits.val.class_names == ["100.bird_99"]
     assert splits.train.class_names == ["001.bird_0", "002.bird_1"]
-    assert len(splits.test) == 3  # 1 + 2 whole classes fit the cap of 4; the third would be cut to 1
+    assert splits.train.labels.tolist() == [0, 0, 1, 1] and splits.val.labels.tolist() == [0]
 
 
 def test_unprepared_tfds_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="caltech_birds2011 .* is not prepared there"):
+    with pytest.raises(DataError, match="caltech_birds2011 0.2.0 is not prepared there"):
         load("cub200", str(tmp_path))
+    (tmp_path / "cars196" / "1.0.0").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"cars196 2.1.0 is not prepared .*; found 1.0.0"):
+        load("cars196", str(tmp_path))

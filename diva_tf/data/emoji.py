@@ -26,8 +26,9 @@ def read_manifest(folder: str) -> dict | None:
 
 
 def not_prepared(folder: str) -> DataError:
-    return DataError(f"{folder or '--data_dir'} is not a prepared emoji folder (no valid {MANIFEST}):"
-                     f" run python -m diva_tf.data.prepare emoji --out {folder or 'DIR'} first")
+    return DataError(f"{folder or '--data_dir'} is not a prepared emoji folder (no valid "
+                     f"{MANIFEST}): run python -m diva_tf.data.prepare emoji --out "
+                     f"{folder or 'DIR'} first")
 
 
 def load(cfg):

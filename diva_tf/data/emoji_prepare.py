@@ -124,7 +124,8 @@ def to_rgb_png(png: bytes, size: int) -> bytes:
 def is_prepared(out: str, vendors: list[str], size: int) -> dict | None:
     """The manifest if out already holds this very dataset (same vendors and size, files there)."""
     manifest = read_manifest(out)
-    if manifest is None or sorted(manifest["vendors"]) != sorted(vendors) or manifest["size"] != size:
+    if (manifest is None or sorted(manifest["vendors"]) != sorted(vendors)
+            or manifest["size"] != size):
         return None
     root = os.path.join(out, IMAGES)
     complete = all(os.path.isfile(os.path.join(root, c["folder"], f"{v}.png"))

@@ -1,9 +1,9 @@
 """Image files on disk: listing class folders, and a load-time readability check so a corrupt or
 non-image file is skipped with one warning instead of failing deep inside tf.data.
 
-The check (PIL header parse + `verify`, and a format TensorFlow can decode) runs in a thread pool
-and its results are cached on disk per file (keyed by size and mtime), so a large dataset is
-checked once. Cache folder: $DIVA_TF_CACHE_DIR, else $XDG_CACHE_HOME/diva_tf, else ~/.cache/diva_tf.
+The check (PIL header parse + `verify`, a full decode of JPEGs that look truncated, and a format
+TensorFlow can decode) runs in a thread pool and its results are cached on disk per file (keyed by
+size and mtime), so a large dataset is checked once. Cache folder: $DIVA_TF_CACHE_DIR, else $XDG_CACHE_HOME/diva_tf, else ~/.cache/diva_tf.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from diva_tf.data.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 TF_DECODABLE = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}
-_CHECK_VERSION = 1
+_CHECK_VERSION = 2
 
 
 def cache_dir() -> str:
-    base = os.environ.get("DIVA_TF_CACHE_DIR") or os.path.join(
+    return os.environ.get("DIVA_TF_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "diva_tf")
-    return base
 
 
 def require_dir(path: str, what: str) -> str:
@@ -34,7 +33,8 @@ def require_dir(path: str, what: str) -> str:
     if not path:
         raise DataError(f"--data_dir is not set: point it at the {what}")
     if not os.path.isdir(path):
-        raise DataError(f"--data_dir={path} does not exist or is not a folder (expected the {what})")
+        raise DataError(f"--data_dir={path} does not exist or is not a folder (expected the "
+                        f"{what})")
     return path
 
 
@@ -53,12 +53,25 @@ def list_images(folder: str) -> list[str]:
     return sorted(found)
 
 
+def _has_jpeg_end(path: str) -> bool:
+    """Whether the end-of-image marker is near the end of the file (absent: truncated, or
+    trailing data after it)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 64))
+        return b"\xff\xd9" in f.read()
+
+
 def probe_image(path: str) -> str:
-    """'' if TensorFlow will be able to decode the file, else the reason it cannot."""
+    """'' if TensorFlow will be able to decode the file, else the reason it cannot. Fast: PIL's
+    header parse and verify; a JPEG is fully decoded only when its end marker is not at the end
+    (verify does not read JPEG scan data, and TensorFlow rejects truncated JPEGs)."""
     try:
         with Image.open(path) as im:
             fmt = im.format
             im.verify()
+        if fmt == "JPEG" and not _has_jpeg_end(path):
+            with Image.open(path) as im:
+                im.load()
     except Exception as e:  # PIL raises many types for bad files; all mean "skip it".
         return f"{type(e).__name__}: {e}".strip()
     if fmt not in TF_DECODABLE:

@@ -49,7 +49,11 @@ def train_dataset(split, cfg, start_epoch: int = 0, steps_per_epoch: int | None 
 
     ds = tf.data.Dataset.counter(start_epoch, dtype=tf.int64).flat_map(epoch_elements)
     ds = ds.map(element, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.batch(cfg.bs, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.batch(cfg.bs, drop_remainder=True).prefetch(AUTOTUNE)
+    # Every worker builds the same global batches; each keeps its part (no files to shard).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def eval_dataset(split, cfg, batch_size: int | None = None):

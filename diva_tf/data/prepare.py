@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from absl import logging
+from absl import flags, logging
 
 from diva_tf.data.emoji_prepare import NPM_CACHE_ENV, SOURCE_SIZE, VENDORS, prepare_emoji
 from diva_tf.data.errors import DataError
@@ -34,6 +34,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    flags.FLAGS.mark_as_parsed()  # absl logging without absl flags (argparse parses here)
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
     vendors = [v.strip() for v in args.vendors.split(",") if v.strip()]

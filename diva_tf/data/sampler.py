@@ -19,7 +19,6 @@ from absl import logging
 
 from diva_tf.data.errors import DataError
 
-SAMPLERS = ("class_random", "class_without_replacement")
 _STREAM = 0x5A4D50  # separates the sampler's random stream from other uses of (seed, epoch)
 
 
@@ -70,8 +69,8 @@ def _eligible(counts: np.ndarray, cfg) -> np.ndarray:
 
 def _validate(counts: np.ndarray, cfg) -> np.ndarray:
     """The eligible classes; DataError for settings the sampler cannot follow."""
-    if cfg.data_sampler not in SAMPLERS:
-        raise DataError(f"--data_sampler={cfg.data_sampler!r}: choose one of {SAMPLERS}")
+    if cfg.data_sampler not in _DRAW:
+        raise DataError(f"--data_sampler={cfg.data_sampler!r}: choose one of {tuple(_DRAW)}")
     if cfg.bs % cfg.samples_per_class:
         raise DataError(f"--bs={cfg.bs} is not a multiple of "
                         f"--samples_per_class={cfg.samples_per_class}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -59,12 +61,16 @@ def encoded_bytes(images: list) -> int:
     return sum(len(x) if isinstance(x, bytes) else os.path.getsize(x) for x in images)
 
 
+@dataclass(frozen=True)
 class ImageSource:
     """`load(index)` -> uint8 [h, w, 3]; build with `image_source`."""
 
-    def __init__(self, load_fn, mode: str):
-        self.load = load_fn
-        self.mode = mode
+    load: Callable
+    mode: str
+
+
+def _in_memory(images: list) -> bool:
+    return bool(images) and isinstance(images[0], bytes)
 
 
 def _read(path: str) -> bytes:
@@ -107,7 +113,7 @@ def _decoded_source(arrays: list[np.ndarray]) -> ImageSource:
 
 def choose_mode(images: list, cache: bool, budget: int) -> str:
     """'decoded', 'encoded' or 'files' (see the module docstring)."""
-    in_memory = bool(images) and isinstance(images[0], bytes)
+    in_memory = _in_memory(images)
     if not cache:
         return "encoded" if in_memory else "files"
     if estimate_decoded_bytes(images) <= budget:
@@ -121,7 +127,7 @@ def image_source(split, cfg) -> ImageSource:
     if key in split.memo:
         return split.memo[key]
     images = split.images
-    in_memory = bool(images) and isinstance(images[0], bytes)
+    in_memory = _in_memory(images)
     mode = choose_mode(images, cfg.cache_images, cache_budget())
     if mode == "files":
         source = _file_source(images)

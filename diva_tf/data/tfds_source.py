@@ -5,6 +5,7 @@ tensorflow_datasets is imported only here, and only when this source is used."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -55,24 +56,37 @@ def _group(rows, layout: TfdsLayout, feature) -> tuple[list[int], list]:
     return ids, [(layout.class_name(i, names[i], feature), images[i]) for i in ids]
 
 
+def require_prepared(name: str, tfds_data_dir: str) -> None:
+    """DataError unless tfds_data_dir holds the catalog version of dataset `name`. Checked before
+    building the tfds builder, which would otherwise fall back to its code-only metadata."""
+    import tensorflow_datasets as tfds
+
+    version = str(tfds.builder_cls(name).VERSION)
+    folder = os.path.join(tfds_data_dir, name)
+    if os.path.isfile(os.path.join(folder, version, "dataset_info.json")):
+        return
+    found = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    raise DataError(
+        f"--tfds_data_dir={tfds_data_dir}: tfds dataset {name} {version} is not prepared there "
+        f"(expected {os.path.join(folder, version)}{'; found ' + ', '.join(found) if found else ''}"
+        f"). Prepare it first (tfds build {name} --data_dir={tfds_data_dir}, where its source "
+        "files can be downloaded), or use --data_dir with the official folder instead")
+
+
 def load(dataset: str, tfds_data_dir: str):
     """(train ClassList, test ClassList) of `dataset` read from tfds_data_dir."""
     import tensorflow_datasets as tfds
 
     layout = LAYOUTS[dataset]
+    require_prepared(layout.name, tfds_data_dir)
     builder = tfds.builder(layout.name, data_dir=tfds_data_dir)
-    if not builder.is_prepared():
-        raise DataError(
-            f"--tfds_data_dir={tfds_data_dir}: tfds dataset {layout.name} "
-            f"{builder.version} is not prepared there (expected {builder.data_path}). tfds cannot "
-            "download it on this machine; build it where the source files are available, or use "
-            "--data_dir with the official folder instead")
     feature = builder.info.features[layout.label_key]
     splits = list(builder.info.splits)
     logging.info("reading tfds %s %s (splits %s) from %s", layout.name, builder.version, splits,
                  tfds_data_dir)
     if layout.pooled:
-        ids, classes = _group([r for s in splits for r in _read(builder, s, layout)], layout, feature)
+        rows = [r for s in splits for r in _read(builder, s, layout)]
+        ids, classes = _group(rows, layout, feature)
         cut = sum(1 for i in ids if i < feature.num_classes // 2)
         return classes[:cut], classes[cut:]
     return tuple(_group(_read(builder, s, layout), layout, feature)[1] for s in ("train", "test"))
