@@ -47,6 +47,8 @@ def model_flops(model, size: int) -> float:
     """FLOPs of one forward pass for one image, from the TF profiler on the traced graph."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+    tf.get_logger().setLevel("ERROR")
+
     fn = tf.function(lambda x: model(x, training=False))
     concrete = fn.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
     frozen = convert_variables_to_constants_v2(concrete)

@@ -48,7 +48,8 @@ def list_versions(base_path: str) -> list[int]:
     if not os.path.isdir(base_path):
         return []
     return sorted(int(name) for name in os.listdir(base_path)
-                  if name.isdigit() and os.path.exists(os.path.join(base_path, name, "saved_model.pb")))
+                  if name.isdigit()
+                  and os.path.exists(os.path.join(base_path, name, "saved_model.pb")))
 
 
 def next_version(base_path: str) -> int:
@@ -131,39 +132,33 @@ def build_archive(model, cfg, head_weights):
 
 
 # ---- manifest -------------------------------------------------------------------------------
-def best_metrics(workdir: str, heads, head_weights) -> dict | None:
-    """The best epoch's scores of the selection embedding in workdir/metrics.jsonl, if any.
+def run_metrics(workdir: str, heads, head_weights, checkpoint: str = "best") -> dict | None:
+    """Scores of the exported combination from workdir/metrics.jsonl, if the run logged any:
+    its best epoch by R@1 (for 'best' weights) or its last evaluated epoch (for 'last').
 
-    Selection mirrors training: R@1 on `val` if the run has a validation split, else `test`, of
-    the embedding named for the exported head weights (else the first R@1 the run logged).
+    R@1 is read on `val` when the run has a validation split, else on `test`, as training selects;
+    the embedding is the one named for the exported head weights (else the first one logged).
     """
     from diva_tf import workdir as wd
+    from diva_tf.evaluation.combine import combination_name
 
     path = os.path.join(workdir, wd.METRICS_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    keys = [k for r in records for k in r if k.endswith("/recall@1")]
+    keys = list(dict.fromkeys(k for r in records for k in r if k.endswith("/recall@1")))
     if not keys:
         return None
-    split = "val" if any(k.startswith("val/") for k in keys) else "test"
-    keys = [k for k in dict.fromkeys(keys) if k.startswith(split + "/")]
-    key = next((k for k in keys if k.split("/")[1] == _combination_name(heads, head_weights)),
-               keys[0])
+    split = "val/" if any(k.startswith("val/") for k in keys) else "test/"
+    keys = [k for k in keys if k.startswith(split)] or keys
+    name = combination_name(heads, head_weights)
+    key = next((k for k in keys if k.split("/")[-2] == name), keys[0])
     scored = [r for r in records if isinstance(r.get(key), (int, float))]
-    best = max(scored, key=lambda r: r[key])
+    chosen = scored[-1] if checkpoint == "last" else max(scored, key=lambda r: r[key])
     prefix = key.rsplit("/", 1)[0] + "/"
-    return {"selection_key": key, "epoch": best.get("epoch"),
-            "scores": {k[len(prefix):]: v for k, v in best.items() if k.startswith(prefix)}}
-
-
-def _combination_name(heads, head_weights) -> str | None:
-    try:
-        from diva_tf.evaluation import combination_name
-    except ImportError:
-        return None
-    return combination_name(list(heads), tuple(head_weights)) if len(heads) > 1 else heads[0]
+    return {"selection_key": key, "epoch": chosen.get("epoch"),
+            "scores": {k[len(prefix):]: v for k, v in chosen.items() if k.startswith(prefix)}}
 
 
 def make_manifest(cfg, head_weights, version: int, metrics: dict | None, source: dict) -> dict:
@@ -199,8 +194,9 @@ def export_model(model, cfg, export_dir: str, version: int | None = None, head_w
     """
     heads = list(cfg.diva_features)
     head_weights = tuple(cfg.head_weights if head_weights is None else head_weights)
-    if len(head_weights) != len(heads):
-        raise ExportError(f"{len(head_weights)} head weights for {len(heads)} heads {heads}")
+    if len(head_weights) != len(heads) or min(head_weights) < 0 or max(head_weights) <= 0:
+        raise ExportError(f"head weights {head_weights} for heads {heads}: need one non-negative "
+                          "weight per head, not all zero")
     os.makedirs(export_dir, exist_ok=True)
     version = next_version(export_dir) if version is None else int(version)
     if version <= 0:
@@ -222,18 +218,21 @@ def export_model(model, cfg, export_dir: str, version: int | None = None, head_w
 
 
 def _publish(tmp: str, final: str, overwrite: bool) -> None:
-    """Atomic rename of a complete export into its version folder."""
-    old = None
+    """Atomic rename of a complete export into its version folder (an overwritten version is
+    moved aside first, and put back if the rename fails)."""
+    aside = None
     if overwrite and os.path.exists(final):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(final))
-        os.rename(final, os.path.join(old, "v"))
+        aside = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(final))
+        os.rename(final, os.path.join(aside, "v"))
     try:
         os.rename(tmp, final)
     except OSError as e:
+        if aside is not None and not os.path.exists(final):
+            os.rename(os.path.join(aside, "v"), final)
         raise ExportError(f"{final} appeared while exporting (concurrent export?): {e}") from None
     finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def export_workdir(workdir: str, export_dir: str, version: int | None = None,
@@ -245,7 +244,7 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None,
     weights = tuple(cfg.head_weights if head_weights is None else head_weights)
     source = {"workdir": os.path.abspath(workdir), "checkpoint": checkpoint}
     return export_model(model, cfg, export_dir, version, weights, overwrite,
-                        best_metrics(workdir, cfg.diva_features, weights), source)
+                        run_metrics(workdir, cfg.diva_features, weights, checkpoint), source)
 
 
 @dataclasses.dataclass
@@ -302,7 +301,8 @@ def main(argv) -> int:
         weights = None
         if f.head_weights:
             weights = parse_weights(f.head_weights, len(load_config(f.workdir).diva_features))
-        path = export_workdir(f.workdir, f.export_dir, f.version, f.checkpoint, weights, f.overwrite)
+        path = export_workdir(f.workdir, f.export_dir, f.version, f.checkpoint, weights,
+                              f.overwrite)
     except (ConfigError, ExportError) as e:
         logging.error("%s", e)
         return 2

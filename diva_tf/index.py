@@ -98,7 +98,8 @@ def check_identity(built: dict, given: dict, index_dir: str) -> None:
     if built["fingerprint"] == given["fingerprint"]:
         return
     diffs = [f"{k}: index {built.get(k)!r} vs given {given.get(k)!r}"
-             for k in ("saved_model", "model_version", "embedding_dim", "head_weights", "fingerprint")
+             for k in ("saved_model", "model_version", "embedding_dim", "head_weights",
+                       "fingerprint")
              if built.get(k) != given.get(k)]
     raise IndexMismatchError(
         f"index {index_dir} was built with another SavedModel ({'; '.join(diffs)}); its embeddings "
@@ -113,6 +114,10 @@ def check_served(built: dict, model_version, embedding_dim: int, index_dir: str)
             f"index {index_dir} was built with model version {built['model_version']} "
             f"(embedding dim {built['embedding_dim']}) but the server answered with version "
             f"{model_version} (embedding dim {embedding_dim}); rebuild the index")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 # ---- the index ------------------------------------------------------------------------------
@@ -132,7 +137,8 @@ class RetrievalIndex:
             manifest = json.load(f)
         with open(os.path.join(index_dir, ITEMS_FILE)) as f:
             items = json.load(f)
-        return cls(faiss.read_index(os.path.join(index_dir, INDEX_FILE)), items, manifest, index_dir)
+        index = faiss.read_index(os.path.join(index_dir, INDEX_FILE))
+        return cls(index, items, manifest, index_dir)
 
     def search(self, embeddings: np.ndarray, k: int = 5) -> list[list[Hit]]:
         """Top-k hits (highest cosine similarity first) for each row of `embeddings`."""
@@ -171,15 +177,15 @@ def build_index(saved_model: str, images_dir: str, out_dir: str, labels_from_fol
         logging.warning("skipped %d of %d image(s) that could not be decoded, e.g. %s", skipped,
                         len(paths), [paths[i] for i in bad[:3]])
     root = os.path.abspath(images_dir)
-    items = [{"id": n, "path": os.path.abspath(paths[i]),
-              "label": folder_label(root, os.path.abspath(paths[i])) if labels_from_folders else None}
-             for n, i in enumerate(kept)]
+    kept_paths = [os.path.abspath(paths[i]) for i in kept]
+    items = [{"id": n, "path": p, "label": folder_label(root, p) if labels_from_folders else None}
+             for n, p in enumerate(kept_paths)]
     index = faiss.IndexFlatIP(embeddings.shape[1])
     index.add(embeddings)
     manifest = {"model": model_identity(export), "images": root, "count": len(items),
                 "skipped": skipped, "labels_from_folders": labels_from_folders,
                 "metric": "inner_product (cosine on unit-norm embeddings)",
-                "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                "built_at": _now()}
     os.makedirs(out_dir, exist_ok=True)
     faiss.write_index(index, os.path.join(out_dir, INDEX_FILE))
     for name, obj in ((ITEMS_FILE, items), (MANIFEST_FILE, manifest)):
@@ -190,7 +196,8 @@ def build_index(saved_model: str, images_dir: str, out_dir: str, labels_from_fol
     return RetrievalIndex(index, items, manifest, out_dir)
 
 
-def search_images(index_dir: str, saved_model: str, images: list[str], k: int = 5) -> list[list[Hit]]:
+def search_images(index_dir: str, saved_model: str, images: list[str],
+                  k: int = 5) -> list[list[Hit]]:
     """Embed query image files with the SavedModel the index was built with, and search."""
     from diva_tf.export import load_export
 
@@ -213,7 +220,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("saved_model", "export/models/diva",
                         "Export version folder, or its base path (-> highest version).")
     flags.DEFINE_string("images", None, "build: folder of images to index (searched recursively).")
-    flags.DEFINE_bool("labels_from_folders", False, "build: label = first sub-folder below --images.")
+    flags.DEFINE_bool("labels_from_folders", False,
+                      "build: label = first sub-folder below --images.")
     flags.DEFINE_string("out", None, "build: output index folder.")
     flags.DEFINE_integer("batch_size", 64, "build: images per SavedModel call.")
     flags.DEFINE_string("index", None, "search: index folder.")

@@ -36,7 +36,8 @@ from diva_tf.export import list_versions
 BANNER = ("LOCAL STAND-IN for TensorFlow Serving's REST API (tests/demos only); "
           "this is NOT TensorFlow Serving")
 DEFAULT_SIGNATURE = "serving_default"
-PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|regress|predict)", re.I)
+PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|regress|predict)",
+                          re.I)
 STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+))?(?:/(metadata))?", re.I)
 
 # TF error code -> HTTP status, as TF Serving's http_server.cc maps them.
@@ -93,7 +94,8 @@ def parse_json_body(body: bytes) -> dict:
     try:
         doc = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise bad_request(f"JSON Parse error: Invalid encoding in string. at offset: {e.start}") from None
+        raise bad_request(f"JSON Parse error: Invalid encoding in string. at offset: {e.start}"
+                          ) from None
     except json.JSONDecodeError as e:
         raise bad_request(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
     if not isinstance(doc, dict):
@@ -134,7 +136,8 @@ def _leaves(value, dtype: tf.DType):
                               "for base64 data")
     elif _is_number_of(value, dtype):
         return value
-    raise bad_request(f"JSON Value: {json.dumps(value)[:200]} is not of expected type: {dtype.name}")
+    raise bad_request(f"JSON Value: {json.dumps(value)[:200]} is not of expected type: "
+                      f"{dtype.name}")
 
 
 def _numeric_fast_path(value, dtype: tf.DType) -> np.ndarray | None:
@@ -159,7 +162,9 @@ def to_array(value, spec: tf.TensorSpec) -> np.ndarray:
             array = np.array(nested, dtype=numpy_dtype)
         except ValueError:
             array = None
-        if array is None or (numpy_dtype is object and any(isinstance(v, list) for v in array.flat)):
+        ragged = array is None or (numpy_dtype is object
+                                   and any(isinstance(v, list) for v in array.flat))
+        if ragged:
             raise bad_request("Encountered list at unexpected size: the nested lists are ragged")
     if not spec.shape.is_compatible_with(array.shape):
         raise bad_request(f"Expecting shape {spec.shape} for input {spec.name!r} but got: "
@@ -202,7 +207,8 @@ def _row_inputs(instances, specs) -> dict:
         if not _is_named(inst) or set(inst) != names:
             raise bad_request(f"Failed to process element: {i} of 'instances' list. JSON object "
                               f"keys must be equal to: {','.join(sorted(names))}")
-    return {name: to_array([inst[name] for inst in instances], spec) for name, spec in specs.items()}
+    return {name: to_array([inst[name] for inst in instances], spec)
+            for name, spec in specs.items()}
 
 
 def _columnar_inputs(inputs, specs) -> dict:
@@ -222,8 +228,10 @@ def _jsonable(name: str, array: np.ndarray):
     """Output tensor -> JSON values; `*_bytes` string outputs travel as {"b64": ...}."""
     if array.dtype == object:
         if name.endswith("_bytes"):
-            return np.vectorize(lambda b: {"b64": base64.b64encode(b).decode()}, otypes=[object])(array).tolist()
-        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(array).tolist()
+            encode = lambda b: {"b64": base64.b64encode(b).decode()}  # noqa: E731
+        else:
+            encode = lambda b: b.decode("utf-8", "replace")  # noqa: E731
+        return np.vectorize(encode, otypes=[object])(array).tolist()
     return array.tolist()
 
 
@@ -332,17 +340,20 @@ class ModelStore:
             versions = sorted(self._servables, reverse=True)
         if version is not None:
             if version not in versions:
-                raise RestError(HTTPStatus.NOT_FOUND, f"Could not find version {version} of model {name}")
+                raise RestError(HTTPStatus.NOT_FOUND,
+                                f"Could not find version {version} of model {name}")
             versions = [version]
         if not versions:
             raise RestError(HTTPStatus.NOT_FOUND, f"Could not find any versions of model {name}")
         return {"model_version_status": [
-            {"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            {"version": str(v), "state": "AVAILABLE",
+             "status": {"error_code": "OK", "error_message": ""}}
             for v in versions]}
 
     def metadata(self, name: str, version: int | None) -> dict:
         servable = self.servable(name, version)
-        return {"model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
+        spec = {"name": name, "signature_name": "", "version": str(servable.version)}
+        return {"model_spec": spec,
                 "metadata": {"signature_def": {"signature_def": servable.signature_defs}}}
 
     def handle(self, route: Route, body: bytes) -> dict:
@@ -351,7 +362,8 @@ class ModelStore:
         if route.kind == "metadata":
             return self.metadata(route.model, route.version)
         if route.kind != "predict":
-            raise RestError(HTTPStatus.NOT_IMPLEMENTED, f"The stand-in server does not implement :{route.kind}")
+            raise RestError(HTTPStatus.NOT_IMPLEMENTED,
+                            f"The stand-in server does not implement :{route.kind}")
         servable = self.servable(route.model, route.version)
         return servable.predict(parse_json_body(body))
 
@@ -451,7 +463,8 @@ def _poll(store: ModelStore, seconds: float, stop: threading.Event) -> None:
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("model_base_path", "export/models/diva", "Folder of <version>/ SavedModels.")
+    flags.DEFINE_string("model_base_path", "export/models/diva",
+                        "Folder of <version>/ SavedModels (TF Serving layout).")
     flags.DEFINE_string("model_name", "diva", "Name in the /v1/models/<name> URLs.")
     flags.DEFINE_string("host", "127.0.0.1", "Bind address (loopback by default: a demo server "
                         "should not be reachable from the network).")

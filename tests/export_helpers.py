@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 from PIL import Image
@@ -17,11 +18,11 @@ PYTHON = sys.executable
 PROBE = os.path.join(REPO, "tests", "saved_model_probe.py")
 CLIENT = os.path.join(REPO, "export", "client.py")
 
-METRICS = [  # metrics.jsonl as a run writes it (flat "<split>/<embedding>/<metric>" keys)
-    {"epoch": 1, "test/Combined-0.5-1-1-1/recall@1": 0.31, "test/Combined-0.5-1-1-1/nmi": 0.5,
-     "test/discriminative/recall@1": 0.40},
-    {"epoch": 2, "test/Combined-0.5-1-1-1/recall@1": 0.42, "test/Combined-0.5-1-1-1/nmi": 0.6,
-     "test/discriminative/recall@1": 0.30},
+METRICS = [  # metrics.jsonl as a run writes it; the exported weights' embedding is not listed first
+    {"epoch": 1, "test/discriminative/recall@1": 0.40, "test/combined[0.5,1,1,1]/recall@1": 0.31,
+     "test/combined[0.5,1,1,1]/nmi": 0.5},
+    {"epoch": 2, "test/discriminative/recall@1": 0.30, "test/combined[0.5,1,1,1]/recall@1": 0.42,
+     "test/combined[0.5,1,1,1]/nmi": 0.6},
     {"epoch": 3, "train/loss": 1.0},
 ]
 
@@ -97,9 +98,9 @@ def subprocess_env() -> dict:
 
 
 def run(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    """Run a command from the repo root with diva_tf importable; fails loudly with its output."""
-    proc = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, **kw)
-    return proc
+    """Run a command from the repo root with diva_tf importable (`check` asserts success)."""
+    return subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=timeout, **kw)
 
 
 def load_client():
@@ -114,13 +115,15 @@ def load_client():
 
 def start_server(base_path: str, name: str = "diva") -> tuple[subprocess.Popen, str]:
     """`python -m diva_tf.serve --port 0` in a subprocess; returns it and its base URL."""
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([PYTHON, "-m", "diva_tf.serve", "--model_base_path", base_path,
                              "--model_name", name, "--port", "0"], cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=log, text=True)
     line = proc.stdout.readline()
     if not line.startswith("listening on"):
         proc.kill()
-        raise AssertionError(f"server did not start: {line}{proc.stderr.read()}")
+        log.seek(0)
+        raise AssertionError(f"server did not start: {line}{log.read()}")
     return proc, line.split()[-1]
 
 

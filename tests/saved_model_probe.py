@@ -33,14 +33,16 @@ def main(argv):
         del args[i:i + 2]
     path, out, files = args[0], args[1], args[2:]
     loaded = tf.saved_model.load(path)
+    serving = loaded.signatures["serving_default"]
     encoded = tf.constant([open(f, "rb").read() for f in files])
-    results = {f"bytes_{k}": v.numpy() for k, v in loaded.signatures["serving_default"](image_bytes=encoded).items()}
+    results = {f"bytes_{k}": v.numpy() for k, v in serving(image_bytes=encoded).items()}
     results["endpoint"] = loaded.serving_default(encoded)["embedding"].numpy()
-    results["tfsm"] = keras.layers.TFSMLayer(path, call_endpoint="serving_default")(encoded)["embedding"].numpy()
-    results["tfdata"] = tf_data_embeddings(loaded.signatures["serving_default"], files)
+    layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")
+    results["tfsm"] = layer(encoded)["embedding"].numpy()
+    results["tfdata"] = tf_data_embeddings(serving, files)
     if images_npy:
-        images = tf.constant(np.load(images_npy))
-        results.update({f"images_{k}": v.numpy() for k, v in loaded.signatures["serve_images"](images=images).items()})
+        floats = loaded.signatures["serve_images"](images=tf.constant(np.load(images_npy)))
+        results.update({f"images_{k}": v.numpy() for k, v in floats.items()})
     if any(m == "diva_tf" or m.startswith("diva_tf.") for m in sys.modules):
         raise SystemExit("diva_tf was imported: the probe must use TensorFlow only")
     np.savez(out, **results)

@@ -156,5 +156,11 @@ def test_tf_data_pipeline_in_process(exported, tmp_path):
     np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
 
 
-def test_best_metrics_without_log(tmp_path):
-    assert export.best_metrics(str(tmp_path), ["discriminative"], (1.0,)) is None
+def test_run_metrics(trained, tmp_path):
+    workdir, _, cfg = trained
+    heads = cfg.diva_features
+    last = export.run_metrics(workdir, heads, WEIGHTS, "last")
+    assert last["epoch"] == 2 and last["selection_key"] == "test/combined[0.5,1,1,1]/recall@1"
+    first = export.run_metrics(workdir, heads, (1, 1, 1, 1))  # not logged: first R@1 of the run
+    assert first["selection_key"] == "test/discriminative/recall@1" and first["epoch"] == 1
+    assert export.run_metrics(str(tmp_path), heads, WEIGHTS) is None

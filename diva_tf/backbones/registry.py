@@ -84,6 +84,8 @@ def build_backbone(name: str, weights: str | None = "imagenet",
     w = _weights_arg(weights)
     if name == "tiny" and w is not None:
         net = spec.build(None, input_shape)
+        if w == "imagenet" and name.startswith("efficientnet_lite"):
+            raise BackboneError(f"could not load ImageNet weights for {name!r}: {e}") from e
         if w == "imagenet":
             raise BackboneError("the tiny backbone has no ImageNet weights; use --backbone_weights=none")
         net.load_weights(w)
@@ -91,6 +93,8 @@ def build_backbone(name: str, weights: str | None = "imagenet",
     try:
         return spec.build(w, input_shape), spec.normalize
     except (OSError, ValueError, Exception) as e:  # noqa: BLE001 - re-raised with the remedy
+        if w == "imagenet" and name.startswith("efficientnet_lite"):
+            raise BackboneError(f"could not load ImageNet weights for {name!r}: {e}") from e
         if w == "imagenet":
             raise BackboneError(
                 f"could not get ImageNet weights for {name!r} ({type(e).__name__}: {e}). Without a "
