@@ -36,7 +36,7 @@ class Evaluator:
         embed = tf.function(lambda x: model(x, training=False))
         scores = {}
         for name, split in self.splits.items():
-            embs, labels = embed_dataset(embed, data.eval_dataset(split, self.cfg))
+            embs, labels = embed_dataset(embed, data.eval_dataset(split, self.cfg), verbose=False)
             results = evaluate_embeddings(
                 embs, labels, heads=self.heads, combinations=self.combinations,
                 recall_k=self.cfg.recall_k or None, n_clusters=self.n_clusters,

@@ -1,0 +1,216 @@
+"""Evaluate a trained DiVA model on the test split of its dataset (spec 7): every head alone and
+every weighted head combination, with Recall@k, NMI, F1, mAP@C, MAP@R and R-precision.
+
+    python -m diva_tf.evaluate --workdir runs/cub [--checkpoint best|last] [--data_dir DIR]
+    python -m diva_tf.evaluate --saved_model export/models/diva[/N] --dataset cub200 --data_dir DIR
+        [--eval_combinations "0.5,1,1,1;1,1,1,1"] [--recall_k 1,2,4,8] [--n_clusters N]
+        [--output_json results.json] [--save_retrievals 8] [--max_images 500] [--seed 1234]
+
+The model is either a training run's weights (`diva_tf.workdir.load_model`) or an exported
+SavedModel (its `serve_images` signature; a model base path resolves to its highest version).
+Both are evaluated by the same code: the per-head outputs are embedded, and combinations are
+formed here with `combine_heads` (the SavedModel's own "embedding" output is not used), so the same
+weights give the same numbers either way. k-means uses a fixed seed (faiss's default, 1234) and
+neighbour ties are broken by index, so a run is deterministic.
+
+Defaults: combinations are --eval_combinations, else the run's configured combinations, else the
+model's head weights (the dataset's published ones, or the exported manifest's). n_clusters is the
+number of training classes of the dataset's split rule (spec 7.2; a validation carve-out does not
+change the test split, and its classes count as training classes here). --max_images caps every
+split as the training flag does (quick runs), so it also lowers that class count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+from diva_tf.config import HEAD_NAMES, Config, ConfigError, parse_weights
+from diva_tf.evaluation import (FAISS_DEFAULT_SEED, combination_name, default_recall_k,
+                                embed_dataset, evaluate_embeddings, format_table,
+                                named_embeddings, save_retrievals, write_json)
+
+
+@dataclasses.dataclass
+class Target:
+    """A model to evaluate: images float32 [n, H, W, 3] in 0..255 -> {head: unit-norm [n, d]}."""
+
+    embed_fn: Callable
+    cfg: Config  # data description; cfg.diva_features are the heads, in order
+    head_weights: tuple
+    combinations: list  # default combinations (tuples of weights)
+    source: dict
+
+
+def _heads_in_order(names) -> list:
+    return [h for h in HEAD_NAMES if h in set(names)]
+
+
+def workdir_target(workdir: str, checkpoint: str = "best") -> Target:
+    """A training run's weights; its config describes the data and default combinations."""
+    import tensorflow as tf
+
+    from diva_tf.workdir import load_model
+
+    model, cfg = load_model(workdir, checkpoint)
+    weights = tuple(cfg.head_weights)
+    combos = [parse_weights(c, len(cfg.diva_features)) for c in cfg.eval_combinations] or [weights]
+    embed = tf.function(lambda images: model(images, training=False))
+    return Target(embed, cfg, weights, combos,
+                  {"workdir": os.path.abspath(workdir), "checkpoint": checkpoint})
+
+
+def saved_model_target(path: str, dataset: str | None = None) -> Target:
+    """An exported SavedModel (version folder or base path). Heads, weights, crop and resize come
+    from assets/diva_manifest.json when present, else from the `serve_images` signature (outputs
+    other than "embedding"; the input's crop) with the dataset's published weights."""
+    import tensorflow as tf
+
+    from diva_tf import export
+
+    version_dir, version = export.resolve_saved_model(path)
+    try:
+        manifest = export.read_manifest(version_dir)
+    except export.ExportError:
+        manifest = {}
+    root = tf.saved_model.load(version_dir)
+    if export.IMAGES_SIGNATURE not in root.signatures:
+        raise ConfigError(f"{version_dir} has no {export.IMAGES_SIGNATURE!r} signature "
+                          f"(has {sorted(root.signatures)})")
+    signature = root.signatures[export.IMAGES_SIGNATURE]
+    heads = list(manifest.get("heads") or _heads_in_order(signature.structured_outputs))
+    crop = manifest.get("crop") or signature.structured_input_signature[1][export.IMAGES_INPUT].shape[1]
+    dataset = dataset or manifest.get("dataset")
+    if not dataset:
+        raise ConfigError(f"{version_dir}: no dataset recorded in the export; pass --dataset")
+    cfg = Config(dataset=dataset, diva_features=heads, crop=int(crop),
+                 resize=int(manifest.get("resize") or Config.resize))
+    weights = tuple(manifest.get("head_weights") or cfg.head_weights)
+
+    def embed(images):
+        outputs = signature(**{export.IMAGES_INPUT: tf.convert_to_tensor(images, tf.float32)})
+        return {h: outputs[h] for h in heads}
+
+    embed.root = root  # keeps the variables alive as long as the function
+    return Target(embed, cfg, weights, [weights],
+                  {"saved_model": os.path.abspath(version_dir), "version": version})
+
+
+def parse_combinations(text: str | None, n_heads: int) -> list:
+    """'0.5,1,1,1;1,1,1,1' -> [(0.5, 1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 1.0)]."""
+    return [parse_weights(c, n_heads) for c in (text or "").split(";") if c.strip()]
+
+
+def run(target: Target, combinations=None, recall_k=None, n_clusters: int | None = None,
+        seed: int = FAISS_DEFAULT_SEED, output_json: str | None = None,
+        save_retrievals_n: int = 0, retrievals_png: str | None = None, retrievals_k: int = 4,
+        verbose: bool = True) -> dict:
+    """Embed the test split of target.cfg, score every head and combination; returns the results
+    {name: metrics} after printing the table and writing the optional JSON and PNG."""
+    from diva_tf import data
+
+    cfg = target.cfg
+    heads = list(cfg.diva_features)
+    combinations = list(combinations or target.combinations)
+    recall_k = list(recall_k or default_recall_k(cfg.dataset))
+    splits = data.load_splits(cfg.replace(val_classes_fraction=0.0))
+    n_clusters = int(n_clusters or splits.train.num_classes)
+    embs, labels = embed_dataset(target.embed_fn, data.eval_dataset(splits.test, cfg), verbose)
+    results = evaluate_embeddings(embs, labels, heads, combinations, recall_k, n_clusters,
+                                  cfg.dataset, seed)
+    print(format_table(results))
+    if output_json:
+        write_json(output_json, results, {
+            **target.source, "dataset": cfg.dataset, "split": "test", "n_images": len(labels),
+            "heads": heads, "combinations": [list(c) for c in combinations],
+            "recall_k": recall_k, "n_clusters": n_clusters, "seed": seed,
+            "max_images": cfg.max_images})
+    if save_retrievals_n > 0:
+        primary = combination_name(heads, combinations[0]) if combinations else heads[0]
+        emb = named_embeddings(embs, heads, combinations)[primary]
+        path = retrievals_png or os.path.join(os.path.dirname(output_json or "") or ".",
+                                              "retrievals.png")
+        save_retrievals(path, emb, labels, splits.test.images, save_retrievals_n, retrievals_k, seed)
+        print(f"retrievals of {primary}: {path}")
+    return results
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "Training run folder (config.json + best/last weights).")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Weights of --workdir.")
+    flags.DEFINE_string("saved_model", None, "Exported SavedModel: a version folder or a model "
+                        "base path (its highest version).")
+    flags.DEFINE_string("dataset", None, "Dataset name (default: the run's or the export's).")
+    flags.DEFINE_string("data_dir", None, "Dataset folder (default: the run's).")
+    flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir (default: the run's).")
+    flags.DEFINE_string("eval_combinations", None, "Head-weight combinations separated by ';', "
+                        "e.g. '0.5,1,1,1;1,1,1,1' (default: the model's).")
+    flags.DEFINE_list("recall_k", [], "Recall@k cut-offs (default 1,2,4,8; SOP 1,10,100,1000).")
+    flags.DEFINE_integer("n_clusters", None, "k-means clusters (default: training classes).")
+    flags.DEFINE_integer("seed", FAISS_DEFAULT_SEED, "k-means seed (and retrieval query choice).")
+    flags.DEFINE_integer("batch_size", None, "Embedding batch size (default: eval_batch_size).")
+    flags.DEFINE_integer("max_images", 0, "Cap the images per split (0 = all), for quick runs.")
+    flags.DEFINE_string("output_json", None, "Write the results here as JSON.")
+    flags.DEFINE_integer("save_retrievals", 0, "Save a PNG of this many random queries with "
+                         "their nearest neighbours (green = same class, red = other).")
+    flags.DEFINE_string("retrievals_png", None, "Path of that PNG (default: retrievals.png "
+                        "beside --output_json, else in the current folder).")
+    flags.DEFINE_integer("retrievals_k", 4, "Neighbours per query in the PNG.")
+
+
+def target_from_flags(f) -> Target:
+    """The model named by --workdir or --saved_model, with the data flags applied."""
+    if bool(f.workdir) == bool(f.saved_model):
+        raise ConfigError("pass exactly one of --workdir and --saved_model")
+    target = (workdir_target(f.workdir, f.checkpoint) if f.workdir
+              else saved_model_target(f.saved_model, f.dataset))
+    overrides = {"max_images": f.max_images}
+    for name in ("dataset", "data_dir", "tfds_data_dir"):
+        if getattr(f, name) is not None:
+            overrides[name] = getattr(f, name)
+    if f.batch_size:
+        overrides["eval_batch_size"] = f.batch_size
+    target.cfg = target.cfg.replace(**overrides)
+    return target
+
+
+def parse_recall_k(values) -> list:
+    try:
+        ks = [int(k) for k in values]
+    except ValueError:
+        raise ConfigError(f"--recall_k={','.join(values)}: expected positive integers") from None
+    if any(k < 1 for k in ks):
+        raise ConfigError(f"--recall_k={','.join(values)}: expected positive integers")
+    return ks
+
+
+def main(argv) -> int:
+    from absl import app, flags, logging
+
+    from diva_tf.data import DataError
+    from diva_tf.export import ExportError
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]} (flags need --name=value)")
+    f = flags.FLAGS
+    try:
+        recall_k = parse_recall_k(f.recall_k)
+        target = target_from_flags(f)
+        run(target, parse_combinations(f.eval_combinations, len(target.cfg.diva_features)),
+            recall_k, f.n_clusters, f.seed, f.output_json, f.save_retrievals, f.retrievals_png,
+            f.retrievals_k)
+    except (ConfigError, DataError, ExportError) as e:
+        logging.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    define_flags()
+    app.run(main)
