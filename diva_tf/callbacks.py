@@ -40,7 +40,7 @@ class EpochEnd(keras.callbacks.Callback):
         seconds = time.time() - self._t0
         record = {"epoch": done, "seconds": seconds,
                   "images_per_s": self.steps_per_epoch * self.cfg.bs / max(seconds, 1e-9)}
-        record.update({f"train/{k}": v for k, v in (logs or {}).items()})
+        record.update({f"train/{k}": float(np.mean(v)) for k, v in (logs or {}).items()})
         net_opt = self.trainer.optimizers["network"]
         record["lr"] = float(net_opt.learning_rate)
         for task, beta in self.trainer.objective.betas.items():
@@ -79,7 +79,7 @@ class Progress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         rate = (batch + 1) * self.bs / max(time.time() - self._t0, 1e-9)
-        values = [(k, float(v)) for k, v in (logs or {}).items()] + [("img/s", rate)]
+        values = [(k, float(np.mean(v))) for k, v in (logs or {}).items()] + [("img/s", rate)]
         if self._bar is None:  # logs are running means already: show them as they are
             self._bar = keras.utils.Progbar(self.steps, stateful_metrics=[k for k, _ in values])
         self._bar.update(batch + 1, values=values, finalize=False)

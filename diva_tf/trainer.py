@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from diva_tf.config import Config
+from diva_tf.distribute import num_workers
 from diva_tf.losses import enqueue
 from diva_tf.model import build_embedding_model
 from diva_tf.objective import DiVAObjective
@@ -36,9 +37,16 @@ def assign_in_replica_context(pairs) -> None:
 
 
 def _gather(x):
+    """All-gather along the batch axis (differentiable; identity with one replica)."""
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return x
+    devices = ctx.strategy.extended.worker_devices
+    if not x.device and len(devices) == 1:
+        # MultiWorkerMirrored with one device per worker: all_gather takes its destination from
+        # x.device, which is empty inside tf.function, and would fail with "destinations can not be empty".
+        with tf.device(devices[0]):
+            x = tf.identity(x)
     return ctx.all_gather(x, axis=0)
 
 
@@ -66,10 +74,15 @@ class DiVATrainer(keras.Model):
                                                 initializer="zeros", trainable=False)
         self.optimizers = make_optimizers(cfg, steps_per_epoch)
         self._loss_trackers = {}
+        self.built = True
 
     # ---- Keras plumbing ------------------------------------------------------------------
     def call(self, images, training=False):
         return self.embedder(images, training=training)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """No-op: everything is built in __init__. Keras's version pulls one batch off the training
+        iterator (shifting every epoch's batches by one) and fails under MultiWorkerMirroredStrategy."""
 
     def variable_groups(self) -> dict:
         return {"network": list(self.embedder.trainable_variables), **self.objective.variable_groups()}
@@ -150,7 +163,12 @@ class DiVATrainer(keras.Model):
         self._mean_tracker("loss").update_state(total)
         for name, value in terms.items():
             self._mean_tracker(name).update_state(value)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if num_workers() > 1:
+            # Keras reduces multi-worker step outputs with strategy.reduce(MEAN, axis=0), which
+            # needs a batch axis; the values are identical on every replica.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
 
     def momentum_update(self) -> None:
         """key <- m * key + (1 - m) * query over trainable variables (spec 2.3), after the step."""

@@ -207,3 +207,15 @@ def test_evaluate_embedding_rejects_bad_input():
         evaluate_embedding(np.full((4, 2), np.nan, np.float32), np.zeros(4))
     with pytest.raises(ValueError, match="labels"):
         evaluate_embedding(np.ones((4, 2), np.float32), np.zeros(3))
+
+
+def test_evaluate_embedding_with_gallery_clusters_both_sets():
+    emb, labels = ref.grid_embeddings(100, 10, seed=8)
+    scores = evaluate_embedding(emb[:40], labels[:40], (1, 2), 10, gallery=emb[40:],
+                                gallery_labels=labels[40:])
+    assert_scores(scores, retrieval_metrics(emb[:40], labels[:40], emb[40:], labels[40:], (1, 2)))
+    assert_scores(scores, clustering_metrics(emb, labels, 10))
+    gallery = {"a": emb[40:], "b": emb[40:]}
+    both = evaluate_embeddings({"a": emb[:40], "b": emb[:40]}, labels[:40], ["a", "b"], [(1, 1)],
+                               (1, 2), 10, gallery_embs=gallery, gallery_labels=labels[40:])
+    assert both["a"] == scores and list(both) == ["a", "b", "combined[1,1]"]

@@ -60,18 +60,29 @@ class ExactIndex:
         return index.search(queries, k)
 
     def _brute_force(self, queries: np.ndarray, k: int):
+        """Canonical top-k from all similarities, O(rows x N) (no full sort, so even fully
+        collapsed embeddings, where every row is tied, stay fast)."""
         rows = max(1, _BRUTE_FORCE_ENTRIES // len(self))
         sims, ids = [], []
         for start in range(0, len(queries), rows):
             s = queries[start:start + rows] @ self.gallery.T
-            order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-            sims.append(np.take_along_axis(s, order, axis=1))
-            ids.append(order)
+            kth = -np.partition(-s, k - 1, axis=1)[:, k - 1:k]
+            above = s > kth
+            room = k - above.sum(axis=1, keepdims=True)
+            tied = s == kth
+            take = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
+            top = np.nonzero(take)[1].reshape(len(s), k)
+            top_sims = np.take_along_axis(s, top, axis=1)
+            order = np.lexsort((top, -top_sims), axis=1)
+            sims.append(np.take_along_axis(top_sims, order, axis=1))
+            ids.append(np.take_along_axis(top, order, axis=1))
         return np.concatenate(sims), np.concatenate(ids).astype(np.int64)
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities float32 [n, k'], gallery ids int64 [n, k']), k' = min(k, len(gallery)),
         by decreasing similarity, ties by increasing id."""
+        if k < 1:
+            raise ValueError(f"k must be positive, got {k}")
         queries = as_float32(queries)
         k = min(int(k), len(self))
         probe = min(k + 1, len(self))
