@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from diva_tf import data
 from diva_tf.config import Config, parse_weights
-from diva_tf.evaluation import combination_name, embed_dataset, evaluate_embeddings
+from diva_tf.evaluation import (FAISS_DEFAULT_SEED, combination_name, embed_dataset,
+                                evaluate_embeddings)
 
 
 class Evaluator:
@@ -25,7 +26,9 @@ class Evaluator:
         self.splits = {"test": splits.test}
         if splits.val is not None:
             self.splits["val"] = splits.val
-        self.n_clusters = int(splits.train.labels.max()) + 1
+        # k-means with the number of training classes (spec 7.2), counted before any validation
+        # carve-out so the numbers match `python -m diva_tf.evaluate`.
+        self.n_clusters = splits.train.num_classes + (splits.val.num_classes if splits.val else 0)
         primary = (combination_name(self.heads, self.combinations[0]) if self.combinations
                    else self.heads[0])
         self.selection_key = f"{'val' if 'val' in self.splits else 'test'}/{primary}/recall@1"
@@ -40,7 +43,7 @@ class Evaluator:
             results = evaluate_embeddings(
                 embs, labels, heads=self.heads, combinations=self.combinations,
                 recall_k=self.cfg.recall_k or None, n_clusters=self.n_clusters,
-                dataset=self.cfg.dataset, seed=self.cfg.seed)
+                dataset=self.cfg.dataset, seed=FAISS_DEFAULT_SEED)
             for emb_name, metrics in results.items():
                 for metric, value in metrics.items():
                     if isinstance(value, (int, float)):
