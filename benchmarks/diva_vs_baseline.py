@@ -18,7 +18,7 @@ Each trained run carves --val_fraction of the training classes as a validation s
 selected by validation R@1 of the run's primary embedding (the concatenation of all heads with equal
 weights, or the single head) and the TEST metrics of that epoch are reported. The test classes are
 never used for any choice. Each run is a fresh `python -m diva_tf.train` subprocess with its own
-workdir under <out>/runs/; a run whose metrics.jsonl already holds its last epoch is skipped, so an
+workdir under --runs_dir (default runs/diva_vs_baseline); a run whose metrics.jsonl already holds its last epoch is skipped, so an
 interrupted benchmark resumes (an unfinished run resumes from its last checkpoint).
 
 Writes <out>/emoji_diva_vs_baseline.md and .json and prints the table.
@@ -68,7 +68,9 @@ TRAINED = [r for r, (_, flags) in ROWS.items() if flags is not None]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default="data/emoji", help="prepared emoji folder")
-    p.add_argument("--out", default="benchmarks/results", help="results folder (runs go to <out>/runs)")
+    p.add_argument("--out", default="benchmarks/results", help="results folder (table + JSON)")
+    p.add_argument("--runs_dir", default="runs/diva_vs_baseline",
+                   help="workdirs of the runs (checkpoints: ~200 MB each; runs/ is gitignored)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--rows", default=",".join(ROWS), help="comma list out of " + ",".join(ROWS))
     p.add_argument("--epochs", type=int, default=6)
@@ -97,7 +99,7 @@ def common_flags(a) -> list[str]:
 
 
 def run_dir(a, row: str, seed: int) -> str:
-    return os.path.join(a.out, "runs", f"{row}{a.tag}_seed{seed}")
+    return os.path.join(a.runs_dir, f"{row}{a.tag}_seed{seed}")
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -197,7 +199,7 @@ def gap_eval(a, out_json: str) -> None:
 
 
 def run_gap(a) -> dict:
-    path = os.path.join(a.out, "runs", f"gap_{a.image_size}px.json")
+    path = os.path.join(a.runs_dir, f"gap_{a.image_size}px.json")
     if not os.path.exists(path) and not a.report_only:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         print(f"[{time.strftime('%H:%M:%S')}] gap: ImageNet pooled features", flush=True)
@@ -251,7 +253,8 @@ def main(argv=None) -> int:
     if a.gap_eval:
         gap_eval(a, a.gap_eval)
         return 0
-    a.data_dir, a.out = os.path.abspath(a.data_dir), os.path.abspath(a.out)
+    a.data_dir, a.out, a.runs_dir = (os.path.abspath(a.data_dir), os.path.abspath(a.out),
+                                   os.path.abspath(a.runs_dir))
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     rows = [r for r in a.rows.split(",") if r]
     unknown = sorted(set(rows) - set(ROWS))

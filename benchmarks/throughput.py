@@ -88,8 +88,11 @@ def bench_input(cfg, root: str, iters: int) -> float:
     return cfg.bs / sec
 
 
-def bench_steps(cfg, strategy, iters: int):
-    """(step seconds DiVA, step seconds discriminative-only, inference seconds per batch)."""
+def bench_steps(cfg, make_strategy, iters: int):
+    """(step seconds DiVA, step seconds discriminative-only, inference seconds per batch, FLOPs).
+
+    Steps run through Keras's own train function (what `fit` calls), one fresh strategy per model.
+    """
     import keras
 
     from diva_tf.trainer import DiVATrainer
@@ -101,17 +104,16 @@ def bench_steps(cfg, strategy, iters: int):
              np.repeat(np.arange(cfg.bs // 2), 2).astype("int32"))
     out = []
     for c in (cfg, cfg.replace(diva_features=["discriminative"], diva_rho_decorrelation=[])):
+        strategy = make_strategy()
         with strategy.scope():
             keras.utils.set_random_seed(0)
             t = DiVATrainer(c, cfg.bs // 2, steps_per_epoch=10 ** 6)
             t.compile_for_training()
             t.init_trackers()
-        ds = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat())
-        it = iter(ds)
-        step = tf.function(lambda b: strategy.run(t.train_step, args=(b,)), jit_compile=False)
-        if c.jit_compile:
-            step = tf.function(lambda b: strategy.run(tf.function(t.train_step, jit_compile=True), args=(b,)))
-        out.append(_timeit(lambda: step(next(it)), warmup=2, iters=iters))
+        it = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat()))
+        t.make_train_function()
+        train_fn = t.train_function
+        out.append(_timeit(lambda: train_fn(it)["loss"].numpy(), warmup=2, iters=iters))
         if len(out) == 1:
             embed = tf.function(lambda x: t.embedder(x, training=False), jit_compile=c.jit_compile)
             images = tf.constant(batch[0])
@@ -152,10 +154,13 @@ def main():
                                  resize=int(size * 1.15), diva_moco_n_key_batches=4, jit_compile=jit,
                                  dataset="folder", data_dir=root)
                     devices = [f"/cpu:{i}" for i in range(rep)]
-                    strategy = tf.distribute.MirroredStrategy(devices) if rep > 1 else tf.distribute.get_strategy()
+
+                    def make_strategy(devices=devices):
+                        return (tf.distribute.MirroredStrategy(devices) if len(devices) > 1
+                                else tf.distribute.get_strategy())
                     inp = bench_input(cfg, root, args.iters * 4) if rep == 1 and not jit else float("nan")
                     try:
-                        diva, disc, infer, flops = bench_steps(cfg, strategy, args.iters)
+                        diva, disc, infer, flops = bench_steps(cfg, make_strategy, args.iters)
                     except Exception as e:  # noqa: BLE001 - a row fails, the table goes on
                         print(f"{name:>20} {size:>4} {rep:>3} {int(jit):>3} | failed: {type(e).__name__}: {e}"[:200])
                         continue

@@ -36,6 +36,13 @@ def assign_in_replica_context(pairs) -> None:
     ctx.merge_call(merge_fn, args=tuple(value for _, value in pairs))
 
 
+@tf.custom_gradient
+def _dense_gradient(x):
+    """Identity whose gradient is made dense: all_gather's backward pass cannot take the
+    IndexedSlices that tf.gather-based losses produce."""
+    return tf.identity(x), lambda dy: tf.convert_to_tensor(dy)
+
+
 def _gather(x):
     """All-gather along the batch axis (differentiable; identity with one replica)."""
     ctx = tf.distribute.get_replica_context()
@@ -47,7 +54,7 @@ def _gather(x):
         # x.device, which is empty inside tf.function, and would fail with "destinations can not be empty".
         with tf.device(devices[0]):
             x = tf.identity(x)
-    return ctx.all_gather(x, axis=0)
+    return _dense_gradient(ctx.all_gather(x, axis=0))
 
 
 class DiVATrainer(keras.Model):

@@ -87,3 +87,18 @@ def test_betas_and_regressors_train_without_weight_decay():
     (gn, vn), (pn, _) = grads["network"], plain["network"]
     for a, b, v in zip(gn, pn, vn):
         np.testing.assert_allclose(a.numpy() - b.numpy(), (10.0 - CFG.decay) * v.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_fit_on_two_replicas_matches_one_device():
+    """A whole `fit` step (optimizers, EMA, queue) under MirroredStrategy equals one device's."""
+    batch = _batch(4)
+    results = []
+    for strategy in (tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])):
+        t = _trainer(strategy)
+        hist = t.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=1, steps_per_epoch=2, verbose=0)
+        results.append((hist.history["loss"][0], [w.numpy() for w in t.weights]))
+    (l1, w1), (l2, w2) = results
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    assert len(w1) == len(w2)
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
