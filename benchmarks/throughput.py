@@ -88,41 +88,47 @@ def bench_input(cfg, root: str, iters: int) -> float:
     return cfg.bs / sec
 
 
-def bench_steps(cfg, make_strategy, iters: int):
-    """(step seconds DiVA, step seconds discriminative-only, inference seconds per batch, FLOPs).
-
-    Steps run through Keras's own train function (what `fit` calls), one fresh strategy per model.
-    """
+def bench_row(name: str, size: int, rep: int, jit: bool, bs: int, iters: int, root: str) -> dict:
+    """One table row, measured in this process (the driver runs each row in its own process:
+    two MirroredStrategy instances in one process share collective keys)."""
     import keras
 
+    from diva_tf.config import Config
     from diva_tf.trainer import DiVATrainer
 
+    cfg = Config(backbone=name, backbone_weights="none", bs=bs, crop=size, resize=int(size * 1.15),
+                 diva_moco_n_key_batches=4, jit_compile=jit, dataset="folder", data_dir=root)
+    row = {"input": bench_input(cfg, root, iters * 4) if rep == 1 and not jit else float("nan")}
     rng = np.random.RandomState(0)
-    size = cfg.crop
-    batch = (rng.uniform(0, 255, (cfg.bs, size, size, 3)).astype("float32"),
-             rng.uniform(0, 255, (cfg.bs, size, size, 3)).astype("float32"),
-             np.repeat(np.arange(cfg.bs // 2), 2).astype("int32"))
-    out = []
-    for c in (cfg, cfg.replace(diva_features=["discriminative"], diva_rho_decorrelation=[])):
-        strategy = make_strategy()
+    batch = (rng.uniform(0, 255, (bs, size, size, 3)).astype("float32"),
+             rng.uniform(0, 255, (bs, size, size, 3)).astype("float32"),
+             np.repeat(np.arange(bs // 2), 2).astype("int32"))
+    devices = [f"/cpu:{i}" for i in range(rep)]
+    strategy = tf.distribute.MirroredStrategy(devices) if rep > 1 else tf.distribute.get_strategy()
+    variants = {"diva": cfg, "disc": cfg.replace(diva_features=["discriminative"], diva_rho_decorrelation=[])}
+    for key, c in variants.items():
         with strategy.scope():
             keras.utils.set_random_seed(0)
-            t = DiVATrainer(c, cfg.bs // 2, steps_per_epoch=10 ** 6)
+            t = DiVATrainer(c, bs // 2, steps_per_epoch=10 ** 6)
             t.compile_for_training()
             t.init_trackers()
         it = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat()))
         t.make_train_function()
         train_fn = t.train_function
-        out.append(_timeit(lambda: train_fn(it)["loss"].numpy(), warmup=2, iters=iters))
-        if len(out) == 1:
-            embed = tf.function(lambda x: t.embedder(x, training=False), jit_compile=c.jit_compile)
+        row[key] = _timeit(lambda: train_fn(it)["loss"].numpy(), warmup=2, iters=iters)
+        if key == "diva":
+            embed = tf.function(lambda x: t.embedder(x, training=False), jit_compile=jit)
             images = tf.constant(batch[0])
-            infer = _timeit(lambda: embed(images)["discriminative"].numpy(), warmup=2, iters=iters)
-            flops = model_flops(t.embedder, size)
-    return out[0], out[1], infer, flops
+            row["infer"] = _timeit(lambda: embed(images)["discriminative"].numpy(), warmup=2, iters=iters)
+            row["flops"] = model_flops(t.embedder, size)
+    return row
 
 
 def main():
+    import json
+    import subprocess
+    import sys
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbones", default="tiny:64,mobilenet_v3_small:64,mobilenet_v3_small:112",
                     help="name:size list")
@@ -130,14 +136,18 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--replicas", default="1,2")
     ap.add_argument("--jit", default="0,1")
+    ap.add_argument("--row", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    replica_counts = [int(r) for r in args.replicas.split(",")]
-    _setup_devices(max(replica_counts))
 
-    from diva_tf.config import Config
+    if args.row:
+        name, size, rep, jit, root = args.row.split(":", 4)
+        _setup_devices(int(rep))
+        print(json.dumps(bench_row(name, int(size), int(rep), bool(int(jit)), args.bs, args.iters, root)))
+        return
 
     peak, peak_text = cpu_peak_flops()
-    print(f"CPU fp32 peak {peak / 1e9:.0f} GFLOP/s ({peak_text}); batch {args.bs}")
+    print(f"CPU fp32 peak {peak / 1e9:.0f} GFLOP/s ({peak_text}); batch {args.bs}; "
+          f"each row in its own process")
     header = (f"{'backbone':>20} {'px':>4} {'rep':>3} {'jit':>3} | {'input img/s':>11} "
               f"{'DiVA img/s':>10} {'disc img/s':>10} {'DiVA/disc':>9} {'infer img/s':>11} "
               f"{'train %peak':>11} {'infer %peak':>11}")
@@ -146,30 +156,24 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.backbones.split(","):
             name, size = spec.split(":")
-            size = int(size)
-            root = _fake_folder(os.path.join(tmp, f"d{size}"), 40, 6, int(size * 1.25))
-            for jit in [bool(int(j)) for j in args.jit.split(",")]:
-                for rep in replica_counts:
-                    cfg = Config(backbone=name, backbone_weights="none", bs=args.bs, crop=size,
-                                 resize=int(size * 1.15), diva_moco_n_key_batches=4, jit_compile=jit,
-                                 dataset="folder", data_dir=root)
-                    devices = [f"/cpu:{i}" for i in range(rep)]
-
-                    def make_strategy(devices=devices):
-                        return (tf.distribute.MirroredStrategy(devices) if len(devices) > 1
-                                else tf.distribute.get_strategy())
-                    inp = bench_input(cfg, root, args.iters * 4) if rep == 1 and not jit else float("nan")
-                    try:
-                        diva, disc, infer, flops = bench_steps(cfg, make_strategy, args.iters)
-                    except Exception as e:  # noqa: BLE001 - a row fails, the table goes on
-                        print(f"{name:>20} {size:>4} {rep:>3} {int(jit):>3} | failed: {type(e).__name__}: {e}"[:200])
+            root = _fake_folder(os.path.join(tmp, f"d{size}"), 40, 6, int(int(size) * 1.25))
+            for jit in args.jit.split(","):
+                for rep in args.replicas.split(","):
+                    cmd = [sys.executable, __file__, f"--row={name}:{size}:{rep}:{jit}:{root}",
+                           f"--bs={args.bs}", f"--iters={args.iters}"]
+                    p = subprocess.run(cmd, capture_output=True, text=True)
+                    lead = f"{name:>20} {size:>4} {rep:>3} {jit:>3} |"
+                    if p.returncode != 0:
+                        print(f"{lead} failed: {p.stderr.strip().splitlines()[-1][:150]}", flush=True)
                         continue
-                    # a train step is ~3 forward passes for the query net (fwd + bwd) + 1 for keys
-                    train_pct = 100 * 4 * flops * args.bs / diva / peak
-                    infer_pct = 100 * flops * args.bs / infer / peak
-                    print(f"{name:>20} {size:>4} {rep:>3} {int(jit):>3} | {inp:11.1f} "
-                          f"{args.bs / diva:10.1f} {args.bs / disc:10.1f} {diva / disc:9.2f} "
-                          f"{args.bs / infer:11.1f} {train_pct:10.1f}% {infer_pct:10.1f}%", flush=True)
+                    r = json.loads(p.stdout.strip().splitlines()[-1])
+                    disc = r.get("disc", float("nan"))
+                    # a train step costs ~3 forward passes of the query net (fwd + bwd) + 1 for keys
+                    train_pct = 100 * 4 * r["flops"] * args.bs / r["diva"] / peak
+                    infer_pct = 100 * r["flops"] * args.bs / r["infer"] / peak
+                    print(f"{lead} {r['input']:11.1f} {args.bs / r['diva']:10.1f} {args.bs / disc:10.1f} "
+                          f"{r['diva'] / disc:9.2f} {args.bs / r['infer']:11.1f} {train_pct:10.1f}% "
+                          f"{infer_pct:10.1f}%", flush=True)
 
 
 if __name__ == "__main__":
