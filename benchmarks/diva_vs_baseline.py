@@ -263,17 +263,20 @@ def main(argv=None) -> int:
     t_start = time.time()
     results = {}
     wall = {}
-    # Training runs first, rows in the order given, seed-major so that every row gets seed 0
-    # before any row gets seed 1 (an interrupted benchmark still has comparable rows).
+    # Training order: the baseline and DiVA rows for every seed first, then the ablations, each
+    # phase seed-major (an interrupted benchmark still has the main comparison, on equal seeds).
     to_train = [r for r in rows if r in TRAINED]
     if "random_heads" in rows and "diva" not in to_train:
         to_train.insert(0, "diva")  # random_heads = epoch 0 of the DiVA runs
+    core = [r for r in to_train if not r.startswith("diva_no_")]
+    ablations = [r for r in to_train if r.startswith("diva_no_")]
     if not a.report_only:
         if "gap" in rows:
             run_gap(a)
-        for seed in seeds:
-            for row in to_train:
-                wall[(row, seed)] = train(a, row, seed)
+        for phase in (core, ablations):
+            for seed in seeds:
+                for row in phase:
+                    wall[(row, seed)] = train(a, row, seed)
     for row in rows:
         per_seed, walls = [], []
         if row == "gap":

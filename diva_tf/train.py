@@ -32,17 +32,23 @@ def check_resume_compatible(saved: Config, cfg: Config) -> None:
                           "use a new --workdir or the same flags to resume")
 
 
+def check_workdir(cfg: Config) -> None:
+    """Refuse to resume a run trained with other settings (no side effects)."""
+    from diva_tf import workdir as wd
+
+    cfg_path = os.path.join(cfg.workdir, wd.CONFIG_FILE)
+    if os.path.exists(cfg_path):
+        check_resume_compatible(Config.load(cfg_path), cfg)
+
+
 def prepare_workdir(cfg: Config, chief: bool) -> str:
     """The chief writes to --workdir; other workers to a scratch folder inside it."""
     from diva_tf import workdir as wd
 
     out = cfg.workdir if chief else os.path.join(cfg.workdir, f"worker_scratch_{os.getpid()}")
     os.makedirs(out, exist_ok=True)
-    cfg_path = os.path.join(cfg.workdir, wd.CONFIG_FILE)
-    if os.path.exists(cfg_path):
-        check_resume_compatible(Config.load(cfg_path), cfg)
     if chief:
-        cfg.save(cfg_path)
+        cfg.save(os.path.join(cfg.workdir, wd.CONFIG_FILE))
     return out
 
 
@@ -62,10 +68,11 @@ def run(cfg: Config) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    check_workdir(cfg)
+    splits = data.load_splits(cfg)
     strategy = make_strategy(cfg)
     chief = is_chief()
     out = prepare_workdir(cfg, chief)
-    splits = data.load_splits(cfg)
     spe = data.steps_per_epoch(splits.train, cfg)
     num_classes = int(splits.train.labels.max()) + 1
     logging.info("%s: %d train images / %d classes, %d test images, %d steps/epoch, %d replica(s)",
@@ -114,12 +121,14 @@ def run(cfg: Config) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]} (flags need --name=value)")
+    from diva_tf.backbones.registry import BackboneError
+    from diva_tf.data.errors import DataError
+
     try:
-        cfg = config_from_flags()
-    except ConfigError as e:
+        run(config_from_flags())
+    except (ConfigError, DataError, BackboneError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run(cfg)
     return 0
 
 

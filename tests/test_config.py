@@ -101,3 +101,11 @@ def test_flagfile_parses_into_config(tmp_path):
     assert cfg.dataset == "cars196" and cfg.tau == [70] and cfg.gamma == 0.2
     assert cfg.diva_rho_decorrelation == [100.0] * 3 and cfg.diva_alpha_ssl == 0.15
     assert cfg.eval_combinations[0] == "0.5,2,2,2" and len(cfg.eval_combinations) == 4
+
+
+def test_cli_missing_data_is_one_clear_line_and_leaves_no_workdir(tmp_path):
+    r = _train(f"--data_dir={tmp_path / 'missing'}", f"--workdir={tmp_path}/w", "--backbone=tiny",
+               "--backbone_weights=none")
+    assert r.returncode == 2
+    assert "error:" in r.stderr and "prepare emoji" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "w").exists()
