@@ -102,3 +102,19 @@ def test_fit_on_two_replicas_matches_one_device():
     assert len(w1) == len(w2)
     for a, b in zip(w1, w2):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_precision_keeps_losses_and_embeddings_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        t = _trainer(tf.distribute.get_strategy())
+        batch = _batch(5)
+        assert t.embedder.get_layer("tiny").compute_dtype == "bfloat16"
+        out = t.embedder(batch[0])
+        assert all(v.dtype == tf.float32 for v in out.values())
+        total, terms, _ = t.compute_objective(*batch, training_mode=False)
+        assert total.dtype == tf.float32 and all(v.dtype == tf.float32 for v in terms.values())
+        hist = t.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1, verbose=0)
+        assert np.isfinite(hist.history["loss"][0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
