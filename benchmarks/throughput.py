@@ -111,7 +111,6 @@ def bench_row(name: str, size: int, rep: int, jit: bool, bs: int, iters: int, ro
             keras.utils.set_random_seed(0)
             t = DiVATrainer(c, bs // 2, steps_per_epoch=10 ** 6)
             t.compile_for_training()
-            t.init_trackers()
         it = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat()))
         t.make_train_function()
         train_fn = t.train_function

@@ -82,7 +82,6 @@ def run(cfg: Config) -> dict:
     with strategy.scope():
         trainer = DiVATrainer(cfg, num_classes, spe)
         trainer.compile_for_training()
-        trainer.init_trackers()
         state = {"epoch": tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch"),
                  "best": tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best"),
                  "best_epoch": tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")}

@@ -77,8 +77,6 @@ class DiVATrainer(keras.Model):
             self.queue = self.add_weight(
                 name="queue", shape=(cfg.diva_moco_n_key_batches * cfg.bs, cfg.embed_dim),
                 initializer="zeros", trainable=False)
-            self.queue_filled = self.add_weight(name="queue_filled", shape=(), dtype="int64",
-                                                initializer="zeros", trainable=False)
         self.optimizers = make_optimizers(cfg, steps_per_epoch)
         self._loss_trackers = {}
         self.built = True
@@ -101,8 +99,10 @@ class DiVATrainer(keras.Model):
                 self.optimizers[group].build(variables)
 
     def compile_for_training(self) -> None:
+        """compile + every optimizer slot and loss tracker created eagerly (under the scope)."""
         self.compile(optimizer=self.optimizers["network"], jit_compile=bool(self.cfg.jit_compile))
         self.build_optimizers()
+        self.init_trackers()
 
     def _mean_tracker(self, name: str) -> keras.metrics.Mean:
         if name not in self._loss_trackers:
@@ -195,7 +195,6 @@ class DiVATrainer(keras.Model):
         if len(keys) < self.cfg.diva_moco_n_key_batches:
             raise ValueError(f"queue needs {self.cfg.diva_moco_n_key_batches} batches, got {len(keys)}")
         self.queue.assign(tf.concat(keys, axis=0))
-        self.queue_filled.assign(1)
 
     @tf.function
     def _key_embed(self, images):

@@ -24,7 +24,6 @@ def _trainer(strategy, cfg=CFG, num_classes=4):
         keras.utils.set_random_seed(0)
         t = DiVATrainer(cfg, num_classes, steps_per_epoch=5)
         t.compile_for_training()
-        t.init_trackers()
         if t.use_keys:
             t.queue.assign(tf.math.l2_normalize(tf.random.stateless_normal(t.queue.shape, [1, 2]), -1))
     return t
