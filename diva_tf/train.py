@@ -71,6 +71,10 @@ def run(cfg: Config) -> dict:
     check_workdir(cfg)
     splits = data.load_splits(cfg)
     strategy = make_strategy(cfg)
+    if (cfg.jit_compile and strategy.num_replicas_in_sync > 1
+            and not tf.config.list_logical_devices("GPU")):
+        raise ConfigError("--jit_compile with several CPU replicas does not compile (measured, see "
+                          "README Performance); use one replica or drop --jit_compile")
     chief = is_chief()
     out = prepare_workdir(cfg, chief)
     spe = data.steps_per_epoch(splits.train, cfg)
