@@ -1,7 +1,7 @@
 """DiVA vs. its baselines and ablations on the emoji dataset (issue 7).
 
     python benchmarks/diva_vs_baseline.py --data_dir data/emoji --out benchmarks/results \
-        [--seeds 0,1,2] [--epochs 6] [--lr 1e-4] [--rows gap,random_heads,discriminative,diva,...]
+        [--seeds 0,1,2] [--epochs 6] [--lr 1e-4] [--rho 150] [--rows gap,random_heads,...]
 
 Every row uses the same backbone (efficientnet_lite0, ImageNet weights), image size, batch size,
 steps per epoch, epoch count, learning rate and seeds:
@@ -9,7 +9,8 @@ steps per epoch, epoch count, learning rate and seeds:
   gap                      ImageNet global-average-pooled features (1280-d, L2-normalised), no training
   random_heads             epoch 0 of the DiVA runs: ImageNet features through randomly initialised heads
   discriminative           one 512-d head, margin loss + distance-weighted sampling
-  diva                     four 128-d heads + decorrelation (aux -> discriminative, one rho each)
+  diva                     four 128-d heads + decorrelation (aux -> discriminative, rho --rho each)
+  diva_rho1500             the same with the spec's rho 1500
   diva_no_selfsimilarity   DiVA without the DaNCE head   (shared, intra -> discriminative)
   diva_no_shared           DiVA without the shared head  (selfsimilarity, intra -> discriminative)
   diva_no_intra            DiVA without the intra head   (selfsimilarity, shared -> discriminative)
@@ -18,8 +19,9 @@ Each trained run carves --val_fraction of the training classes as a validation s
 selected by validation R@1 of the run's primary embedding (the concatenation of all heads with equal
 weights, or the single head) and the TEST metrics of that epoch are reported. The test classes are
 never used for any choice. Each run is a fresh `python -m diva_tf.train` subprocess with its own
-workdir under --runs_dir (default runs/diva_vs_baseline); a run whose metrics.jsonl already holds its last epoch is skipped, so an
-interrupted benchmark resumes (an unfinished run resumes from its last checkpoint).
+workdir under --runs_dir (default runs/diva_vs_baseline); a run whose metrics.jsonl already holds
+its last epoch is skipped, so an interrupted benchmark resumes (an unfinished run resumes from its
+last checkpoint).
 
 Writes <out>/emoji_diva_vs_baseline.md and .json and prints the table.
 """
@@ -87,7 +89,8 @@ def parse_args(argv=None):
                    "diva_rho1500 row)")
     p.add_argument("--moco_n_key_batches", type=int, default=10)
     p.add_argument("--extra", default="", help="further train flags for every trained row, "
-                   "space-separated (e.g. '--diva_alpha_ssl=0.1')")
+                   "space-separated; write it with '=' since the value starts with '--' "
+                   "(e.g. --extra='--diva_alpha_ssl=0.1 --diva_fixed=true')")
     p.add_argument("--tag", default="", help="suffix of the run folders (for variants)")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--report_only", action="store_true", help="only collect finished runs")
@@ -327,7 +330,8 @@ def main(argv=None) -> int:
     note = (f"\nemoji test split (792 classes x 4 vendors), efficientnet_lite0 ImageNet, "
             f"{a.image_size}px, bs {a.bs}, {a.epochs} epochs, lr {a.lr:g}, seeds {a.seeds}; "
             f"mean ± sample std over seeds, in %. Epoch selected on validation R@1 "
-            f"({a.val_fraction:g} of the training classes); test metrics at that epoch. "
+            f"({a.val_fraction:g} of the training classes); test metrics at that epoch. The "
+            f"pooled-features row is deterministic (one evaluation). "
             f"Multi-head rows: all heads concatenated with equal weights. wall/run = wall time "
             f"of one training run (incl. start-up and per-epoch evaluation).\n")
     os.makedirs(a.out, exist_ok=True)
@@ -335,6 +339,8 @@ def main(argv=None) -> int:
         f.write(md + "\n" + note)
     with open(os.path.join(a.out, "emoji_diva_vs_baseline.json"), "w") as f:
         json.dump({"settings": settings, "rows": results,
+                   "sum_of_run_wall_seconds": sum(r["summary"]["wall_seconds"]["total"]
+                                                  for r in results.values() if r["per_seed"]),
                    "benchmark_wall_seconds_this_invocation": time.time() - t_start}, f, indent=2)
     print(md)
     print(note)
