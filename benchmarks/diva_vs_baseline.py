@@ -119,6 +119,8 @@ def describe(a, row: str) -> str:
     text = ROWS[row][0].replace("--rho", f"{a.rho:g}")
     if row.startswith("diva_no_"):
         text = text.replace(")", f", rho {a.rho:g})")
+    if a.extra and row in TRAINED:
+        text += f" [{a.extra}]"
     return text
 
 
