@@ -98,9 +98,8 @@ class DiVAObjective(keras.layers.Layer):
                 cfg.diva_moco_temperature, cfg.diva_moco_lower_cutoff, cfg.diva_moco_upper_cutoff,
                 fixed=cfg.diva_fixed, weighted=cfg.diva_ssl == "fast_moco")
         if self.directions:
-            terms["decorrelation"] = tf.add_n([
-                losses.decorrelation_loss(embeddings[src], embeddings[tgt],
-                                          self.regressors[f"{src}-{tgt}"], self.rhos[(src, tgt)])
-                for src, tgt in self.directions])
+            by_direction = {(src, tgt): self.regressors[f"{src}-{tgt}"] for src, tgt in self.directions}
+            terms["decorrelation"] = losses.directions_loss(embeddings, by_direction, self.rhos,
+                                                            self.directions)
         total = tf.add_n(list(terms.values()))
         return total, terms
