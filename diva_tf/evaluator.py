@@ -33,10 +33,20 @@ class Evaluator:
                    else self.heads[0])
         self.selection_key = f"{'val' if 'val' in self.splits else 'test'}/{primary}/recall@1"
         self.primary = primary
+        self._embed, self._embed_model = None, None
+
+    def embed_function(self, model):
+        """`model(images, training=False)` traced once for any batch size and reused by every
+        evaluation of the run (a new tf.function per epoch would retrace the network each time)."""
+        if self._embed is None or self._embed_model is not model:
+            spec = tf.TensorSpec([None, self.cfg.crop, self.cfg.crop, 3], tf.float32)
+            self._embed = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+            self._embed_model = model
+        return self._embed
 
     def __call__(self, model) -> dict:
         """Flat {"<split>/<embedding>/<metric>": value}."""
-        embed = tf.function(lambda x: model(x, training=False))
+        embed = self.embed_function(model)
         scores = {}
         for name, split in self.splits.items():
             embs, labels = embed_dataset(embed, data.eval_dataset(split, self.cfg), verbose=False)

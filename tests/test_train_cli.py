@@ -89,9 +89,11 @@ def test_sigkill_then_rerun_resumes_exactly(folder_data, full_run, tmp_path):
     workdir = str(tmp_path / "killed")
     args = _flags(folder_data, workdir)
     p = _train(args)
-    index = os.path.join(workdir, "checkpoints", "ckpt-1.index")
+    # The manager's state file names a checkpoint only once it is complete (ckpt-1.index alone
+    # is not: a kill between the two leaves a run that rightly starts again from epoch 0).
+    state = os.path.join(workdir, "checkpoints", "checkpoint")
     deadline = time.time() + 300
-    while not os.path.exists(index) and p.poll() is None and time.time() < deadline:
+    while not os.path.exists(state) and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert p.poll() is None, "run ended before it could be killed"
     p.send_signal(signal.SIGKILL)

@@ -8,6 +8,7 @@ from typing import Callable
 
 import keras
 
+from diva_tf.backbones.batchnorm import fuse_inference_batchnorm
 from diva_tf.backbones.tiny import tiny_cnn
 
 
@@ -84,14 +85,12 @@ def build_backbone(name: str, weights: str | None = "imagenet",
     w = _weights_arg(weights)
     if name == "tiny" and w is not None:
         net = spec.build(None, input_shape)
-        if w == "imagenet" and name.startswith("efficientnet_lite"):
-            raise BackboneError(f"could not load ImageNet weights for {name!r}: {e}") from e
         if w == "imagenet":
             raise BackboneError("the tiny backbone has no ImageNet weights; use --backbone_weights=none")
         net.load_weights(w)
-        return net, spec.normalize
+        return fuse_inference_batchnorm(net), spec.normalize
     try:
-        return spec.build(w, input_shape), spec.normalize
+        return fuse_inference_batchnorm(spec.build(w, input_shape)), spec.normalize
     except (OSError, ValueError, Exception) as e:  # noqa: BLE001 - re-raised with the remedy
         if w == "imagenet" and name.startswith("efficientnet_lite"):
             raise BackboneError(f"could not load ImageNet weights for {name!r}: {e}") from e
