@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                                   # small backbones, quick
     python benchmarks/throughput.py --backbones=resnet50:224 --replicas=1 --jit=0
     python benchmarks/throughput.py --baseline=b292b60                # before/after, same run
+    python benchmarks/throughput.py --fused_bn --backbones=resnet50:224 --precision=fp32,bf16
 
 Prints images/s for (a) the tf.data input pipeline alone (decode + two augmented views),
 (b) the full DiVA train step (query net, key encoder, four losses, decorrelation, optimizers, EMA,
@@ -18,6 +19,8 @@ FLOP/cycle (AVX2 + FMA), and of a large float32 matmul measured at the start of 
 `git worktree`), interleaved with the working tree, and prints the speed-up of each column
 (baseline time / this time); `--pairs=N` repeats each pair N times in alternating order and prints
 the median speed-up, since this shared machine's speed drifts by +-15 % between rows.
+`--fused_bn` isolates one change in a single process: the DiVA step with Keras's BatchNormalization
+and with the fused inference BN, timed in alternating blocks.
 """
 
 from __future__ import annotations
@@ -164,6 +167,69 @@ def bench_row(name, size, rep, jit, precision, opts) -> dict:
     return row
 
 
+def bench_fused_bn(name, size, precision, opts) -> dict:
+    """Keras's BatchNormalization vs the fused inference BN on the same DiVA train step, in one
+    process, in alternating blocks: the drift of a shared machine hits both sides alike."""
+    import keras
+    import tensorflow as tf
+
+    from diva_tf.backbones.batchnorm import FusedInferenceBatchNormalization
+    from diva_tf.config import Config
+    from diva_tf.trainer import DiVATrainer
+
+    if precision == "bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    bs = opts.bs
+    cfg = Config(backbone=name, backbone_weights="none", bs=bs, crop=size, resize=int(size * 1.15),
+                 diva_moco_n_key_batches=4, mixed_precision=precision == "bf16")
+    rng = np.random.RandomState(0)
+    batch = (rng.uniform(0, 255, (bs, size, size, 3)).astype("float32"),
+             rng.uniform(0, 255, (bs, size, size, 3)).astype("float32"),
+             np.repeat(np.arange(bs // 2), 2).astype("int32"))
+    steps = {}
+    for variant in ("keras", "fused"):
+        keras.utils.set_random_seed(0)
+        t = DiVATrainer(cfg, bs // 2, steps_per_epoch=10 ** 6)
+        t.compile_for_training()
+        if variant == "keras":
+            for model in (t.embedder, t.key_encoder):
+                for layer in model._flatten_layers(include_self=False, recursive=True):
+                    if type(layer) is FusedInferenceBatchNormalization:
+                        layer.__class__ = keras.layers.BatchNormalization
+        t.make_train_function()
+        it = iter(tf.data.Dataset.from_tensors(batch).repeat())
+        steps[variant] = (lambda f=t.train_function, it=it: f(it)["loss"].numpy())
+    for fn in steps.values():
+        fn(), fn()
+    times = {v: [] for v in steps}
+    for k in range(2 * opts.repeats):
+        for v in (("keras", "fused") if k % 2 == 0 else ("fused", "keras")):
+            times[v].append(_timeit(steps[v], warmup=0, min_iters=opts.iters, min_seconds=opts.seconds,
+                                    repeats=1) / bs)
+    ratios = [a / b for a, b in zip(times["keras"], times["fused"])]
+    return {"keras": statistics.median(times["keras"]), "fused": statistics.median(times["fused"]),
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
+def fused_bn_table(args) -> None:
+    print(f"{'backbone':>18} {'px':>4} {'prec':>4} | {'Keras BN img/s':>14} {'fused img/s':>12} "
+          f"{'speed-up':>8} {'(min-max over blocks)':>22}")
+    for spec in args.backbones.split(","):
+        for precision in args.precision.split(","):
+            cmd = [sys.executable, os.path.abspath(__file__), f"--fused_bn_row={spec}:{precision}",
+                   f"--bs={args.bs}", f"--iters={args.iters}", f"--seconds={args.seconds}",
+                   f"--repeats={args.repeats}"]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            name, size = spec.split(":")
+            lead = f"{name:>18} {size:>4} {precision:>4} |"
+            if p.returncode != 0:
+                print(f"{lead} failed: {(p.stderr.strip().splitlines() or ['?'])[-1][:150]}", flush=True)
+                continue
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            print(f"{lead} {1 / r['keras']:14.1f} {1 / r['fused']:12.1f} {r['ratio']:7.2f}x "
+                  f"{r['ratio_min']:10.2f}-{r['ratio_max']:.2f}x", flush=True)
+
+
 # ---- driver ----------------------------------------------------------------------------
 def cpu_peak_flops() -> tuple[float, str]:
     """cores x max clock x 32 fp32 FLOP/cycle (2 FMA units x 8 lanes x 2), the issue's formula."""
@@ -268,7 +334,10 @@ def main():
     ap.add_argument("--baseline", default="", help="git revision to compare against, same run")
     ap.add_argument("--pairs", type=int, default=1,
                     help="with --baseline: run each row this many times per tree, alternating")
+    ap.add_argument("--fused_bn", action="store_true",
+                    help="instead: Keras BN vs fused BN, alternating in one process per backbone")
     ap.add_argument("--row", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--fused_bn_row", default="", help=argparse.SUPPRESS)
     ap.add_argument("--root", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -281,6 +350,14 @@ def main():
             cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(int(rep))])
         row = bench_row(name, int(size), int(rep), bool(int(jit)), precision, args)
         print(json.dumps(row))
+        return
+
+    if args.fused_bn_row:
+        name, size, precision = args.fused_bn_row.split(":")
+        print(json.dumps(bench_fused_bn(name, int(size), precision, args)))
+        return
+    if args.fused_bn:
+        fused_bn_table(args)
         return
 
     peak, peak_text = cpu_peak_flops()

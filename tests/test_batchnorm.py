@@ -103,6 +103,18 @@ def test_fuse_switches_nested_layers_and_keeps_weights():
     assert "FusedBatchNormV3" in op_types
 
 
+def test_keras_file_round_trip(tmp_path):
+    from diva_tf.config import Config
+    from diva_tf.model import build_embedding_model
+
+    model = build_embedding_model(Config(backbone="tiny", backbone_weights="none", embed_dim=8))
+    x = np.random.RandomState(8).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    for name, value in model(x, training=False).items():
+        np.testing.assert_allclose(loaded(x, training=False)[name].numpy(), value.numpy(), atol=1e-6)
+
+
 def test_backbones_are_built_fused():
     net, _ = build_backbone("tiny", "none")
     kinds = {type(layer) for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)}

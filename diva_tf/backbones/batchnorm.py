@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 
+@keras.saving.register_keras_serializable(package="diva_tf")
 class FusedInferenceBatchNormalization(keras.layers.BatchNormalization):
     """BatchNormalization whose inference path on 4-D channels-last input is FusedBatchNormV3.
 
