@@ -274,8 +274,10 @@ def measured_matmul_flops(n: int = 2048, seconds: float = 2.0) -> float:
 
 def checkout(ref: str, into: str) -> str:
     """A detached worktree of `ref` (removed again by `remove_checkout`)."""
-    subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", into, ref], check=True,
-                   capture_output=True)
+    p = subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", into, ref],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"--baseline={ref}: cannot check it out ({p.stderr.strip()})")
     return into
 
 
@@ -368,22 +370,22 @@ def main():
         fused_bn_table(args)
         return
 
-    peak, peak_text = cpu_peak_flops()
-    matmul = measured_matmul_flops()
-    print(f"fp32 peak by formula {peak / 1e9:.0f} GFLOP/s ({peak_text})")
-    print(f"measured fp32 matmul 2048^2: {matmul / 1e9:.0f} GFLOP/s; batch {args.bs}; "
-          f"median of {args.repeats} blocks of >= {args.iters} calls and >= {args.seconds} s")
-    header = (f"{'code':>8} {'backbone':>18} {'px':>4} {'rep':>3} {'jit':>3} {'prec':>4} | "
-              f"{'input':>9} {'DiVA':>9} {'disc':>9} {'DiVA/disc':>9} {'infer':>9} {'fit':>9} {'fit_mem':>9} "
-              f"{'eval s':>7} "
-              f"{'train%pk':>8} {'train%mm':>8} {'inf%pk':>8}")
-    print(header + "\n" + " " * 48 + "(images/s; eval in s; %pk = of formula peak, %mm = of measured matmul)")
-    print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
         trees = [("this", REPO)]
         if args.baseline:
             trees.insert(0, (args.baseline[:8], checkout(args.baseline, os.path.join(tmp, "baseline"))))
         try:
+            peak, peak_text = cpu_peak_flops()
+            matmul = measured_matmul_flops()
+            print(f"fp32 peak by formula {peak / 1e9:.0f} GFLOP/s ({peak_text})")
+            print(f"measured fp32 matmul 2048^2: {matmul / 1e9:.0f} GFLOP/s; batch {args.bs}; "
+                  f"median of {args.repeats} blocks of >= {args.iters} calls and >= {args.seconds} s")
+            header = (f"{'code':>8} {'backbone':>18} {'px':>4} {'rep':>3} {'jit':>3} {'prec':>4} | "
+                      f"{'input':>9} {'DiVA':>9} {'disc':>9} {'DiVA/disc':>9} {'infer':>9} {'fit':>9} {'fit_mem':>9} "
+                      f"{'eval s':>7} "
+                      f"{'train%pk':>8} {'train%mm':>8} {'inf%pk':>8}")
+            print(header + "\n" + " " * 48 + "(images/s; eval in s; %pk = of formula peak, %mm = of measured matmul)")
+            print("-" * len(header))
             for spec in args.backbones.split(","):
                 name, size = spec.split(":")
                 args.root = _fake_folder(os.path.join(tmp, f"d{size}"), 40, 6, int(int(size) * 1.25))
