@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""REST client for a served diva_tf export (TF Serving, or the `python -m diva_tf.serve` stand-in).
+"""REST client for a served diva_tf export (TF Serving, or the `diva_tf.tools.serve` stand-in).
 
     python export/client.py --url http://localhost:8501/v1/models/diva:predict IMAGE...
     python export/client.py --url ... --format columnar --signature serving_default IMAGE...

@@ -114,9 +114,9 @@ def load_client():
 
 
 def start_server(base_path: str, name: str = "diva") -> tuple[subprocess.Popen, str]:
-    """`python -m diva_tf.serve --port 0` in a subprocess; returns it and its base URL."""
+    """`python -m diva_tf.tools.serve --port 0` in a subprocess; returns it and its base URL."""
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen([PYTHON, "-m", "diva_tf.serve", "--model_base_path", base_path,
+    proc = subprocess.Popen([PYTHON, "-m", "diva_tf.tools.serve", "--model_base_path", base_path,
                              "--model_name", name, "--port", "0"], cwd=REPO, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=log, text=True)
     line = proc.stdout.readline()

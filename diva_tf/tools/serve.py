@@ -1,6 +1,6 @@
 """A LOCAL STAND-IN for TensorFlow Serving's REST API, for tests and demos. It is NOT TF Serving.
 
-`python -m diva_tf.serve --model_base_path export/models/diva --model_name diva [--port 8501]
+`python -m diva_tf.tools.serve --model_base_path export/models/diva --model_name diva [--port 8501]
 [--host 127.0.0.1]`
 
 It answers the REST calls of TF Serving (`docs/api_rest.md` of tensorflow/serving) from a model
