@@ -135,7 +135,10 @@ def bench_row(name, size, rep, jit, precision, opts) -> dict:
 
     import diva_tf
     from diva_tf import data
-    from diva_tf.evaluator import Evaluator
+    try:
+        from diva_tf.evaluation.in_run import Evaluator
+    except ImportError:  # a --baseline revision from before the move into diva_tf.evaluation
+        from diva_tf.evaluator import Evaluator
     from diva_tf.trainer import DiVATrainer
 
     bs = opts.bs

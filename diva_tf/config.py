@@ -3,7 +3,9 @@
 `Config` lists every hyperparameter with the default of `diva_spec.md` section 6 (where the tool
 deviates, the field's help says so). `diva_tf.flags` turns these fields into absl flags, so a flag
 and its config field cannot drift apart. `Config.validate` rejects inconsistent settings before any
-data is read.
+data is read. The choices of --dataset, --data_sampler, --backbone and --loss are the keys of
+the registries in the packages that build them (`diva_tf.data.DATASETS`, `diva_tf.data.SAMPLERS`,
+`diva_tf.backbones.BACKBONES`, `diva_tf.losses.DISCRIMINATIVE_LOSSES`); none imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from diva_tf.backbones.registry import BACKBONES
+from diva_tf.choices import lookup
+from diva_tf.data.datasets import DATASETS
+from diva_tf.data.errors import DataError
+from diva_tf.data.sampler import SAMPLERS, Sampler
+from diva_tf.losses.registry import DISCRIMINATIVE_LOSSES
+
 HEAD_NAMES = ("discriminative", "selfsimilarity", "shared", "intra")
-BACKBONES = ("resnet50", "efficientnet_b0", "mobilenet_v3_small", "efficientnet_lite0",
-             "efficientnet_lite1", "efficientnet_lite2", "tiny")
-DISC_LOSSES = ("margin", "triplet", "multisimilarity", "proxy")
-SAMPLERS = ("class_random", "class_without_replacement")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("step", "cosine")
 STRATEGIES = ("auto", "mirrored", "multiworker", "default")
@@ -45,7 +50,7 @@ def _f(default, help_text, **kw):
 @dataclass
 class Config:
     # ---- data -----------------------------------------------------------------------------
-    dataset: str = _f("emoji", "cub200 | cars196 | sop | emoji | folder")
+    dataset: str = _f("emoji", " | ".join(DATASETS))
     data_dir: str = _f("", "Dataset folder (official layout), or the prepared emoji folder.")
     tfds_data_dir: str = _f("", "tensorflow-datasets data_dir holding caltech_birds2011 / cars196 / "
                             "stanford_online_products (used when set).")
@@ -70,7 +75,7 @@ class Config:
                              + ", ".join(HEAD_NAMES) + "). Spec default is discriminative only; "
                              "this tool defaults to DiVA's four.")
     # ---- objectives -----------------------------------------------------------------------
-    loss: str = _f("margin", "Discriminative-head loss: " + " | ".join(DISC_LOSSES))
+    loss: str = _f("margin", "Discriminative-head loss: " + " | ".join(DISCRIMINATIVE_LOSSES))
     loss_margin_margin: float = _f(0.2, "Margin alpha of the margin loss.")
     loss_margin_beta: float = _f(1.2, "Initial per-class beta.")
     loss_margin_beta_lr: float = _f(5e-4, "Learning rate of the beta vectors (no weight decay).")
@@ -124,7 +129,7 @@ class Config:
     strategy: str = _f("auto", " | ".join(STRATEGIES) + " (auto: MultiWorker if TF_CONFIG names "
                        "several workers, else Mirrored).")
     jit_compile: bool = _f(False, "XLA-compile the train step.")
-    mixed_precision: bool = _f(False, "mixed_float16 compute; losses stay float32.")
+    mixed_precision: bool = _f(False, "mixed_bfloat16 compute; losses stay float32.")
     max_images: int = _f(0, "Debug: cap the images per split (0 = all).")
 
     # ------------------------------------------------------------------------------------
@@ -158,9 +163,12 @@ class Config:
             if not cond:
                 raise ConfigError(msg)
 
-        need(self.backbone in BACKBONES, f"--backbone={self.backbone!r}: choose one of {BACKBONES}")
-        need(self.loss in DISC_LOSSES, f"--loss={self.loss!r}: choose one of {DISC_LOSSES}")
-        need(self.data_sampler in SAMPLERS, f"--data_sampler={self.data_sampler!r}: choose one of {SAMPLERS}")
+        lookup(BACKBONES, "backbone", self.backbone, "backbone", ConfigError)
+        lookup(DISCRIMINATIVE_LOSSES, "loss", self.loss, "loss", ConfigError)
+        try:  # --data_sampler, --bs, --samples_per_class: the sampler checks its own setting
+            Sampler.from_config(self)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
         need(self.optimizer in OPTIMIZERS, f"--optimizer={self.optimizer!r}: choose one of {OPTIMIZERS}")
         need(self.scheduler in SCHEDULES, f"--scheduler={self.scheduler!r}: choose one of {SCHEDULES}")
         need(self.strategy in STRATEGIES, f"--strategy={self.strategy!r}: choose one of {STRATEGIES}")
@@ -170,9 +178,6 @@ class Config:
              and all(f in HEAD_NAMES for f in feats),
              f"--diva_features={','.join(feats)}: 1 to 4 distinct names out of {HEAD_NAMES}")
         need(self.embed_dim > 0, "--embed_dim must be positive")
-        need(self.bs > 0 and self.samples_per_class > 0, "--bs and --samples_per_class must be positive")
-        need(self.bs % self.samples_per_class == 0,
-             f"--bs={self.bs} must be a multiple of --samples_per_class={self.samples_per_class}")
         need(self.samples_per_class >= 2 or feats == ["selfsimilarity"],
              "--samples_per_class must be >= 2: the margin losses need a positive per anchor")
         for d in self.diva_decorrelations:
@@ -195,8 +200,7 @@ class Config:
         for combo in self.eval_combinations:
             parse_weights(combo, len(feats))
         need(all(int(k) > 0 for k in self.recall_k), "--recall_k values must be positive")
-        need(self.dataset in ("cub200", "cars196", "sop", "emoji", "folder"),
-             f"--dataset={self.dataset!r}: unknown dataset (cub200, cars196, sop, emoji, folder)")
+        lookup(DATASETS, "dataset", self.dataset, "dataset", ConfigError)
         return self
 
     # ---- (de)serialisation ---------------------------------------------------------------

@@ -2,7 +2,8 @@
 decorrelation regressors and, for the proxy loss, the class proxies.
 
 Pure loss functions live in `diva_tf.losses` and miners in `diva_tf.miners`; this layer only picks
-which apply to the configured heads and sums them with their weights.
+which apply to the configured heads and sums them with their weights. The discriminative loss comes
+from `diva_tf.losses.DISCRIMINATIVE_LOSSES`.
 """
 
 from __future__ import annotations
@@ -11,42 +12,73 @@ import keras
 import tensorflow as tf
 
 from diva_tf import losses, miners
-from diva_tf.config import Config
 
 MARGIN_TASKS = ("discriminative", "shared", "intra")
 
 
 class DiVAObjective(keras.layers.Layer):
-    """(embeddings per head, labels, seed, keys, queue) -> (total loss, {term: value})."""
+    """(embeddings per head, labels, seed, keys, queue) -> (total loss, {term: value}).
 
-    def __init__(self, cfg: Config, num_classes: int, **kwargs):
+    `from_config` maps the Config fields; the arguments are, in Config terms: heads
+    (diva_features), embed_dim, loss and loss_args (its DISCRIMINATIVE_LOSSES fields), margin and
+    beta_init (loss_margin_*), lower_cutoff (miner_distance_lower_cutoff), alpha_* (diva_alpha_*),
+    ssl (diva_ssl), moco_temperature / moco_lower_cutoff / moco_upper_cutoff / fixed
+    (diva_moco_*, diva_fixed), rhos ({direction: rho}, from decorrelation_directions and
+    diva_rho_decorrelation), decorrnet_dim and seed.
+    """
+
+    def __init__(self, *, heads, num_classes: int, embed_dim: int, loss: str, loss_args: dict,
+                 margin: float, beta_init: float, lower_cutoff: float, alpha_ssl: float,
+                 alpha_shared: float, alpha_intra: float, ssl: str, moco_temperature: float,
+                 moco_lower_cutoff: float, moco_upper_cutoff: float, fixed: bool, rhos: dict,
+                 decorrnet_dim: int, seed: int, **kwargs):
         super().__init__(name="objective", dtype="float32", **kwargs)
-        self.cfg = cfg
         self.num_classes = int(num_classes)
-        heads = cfg.diva_features
+        self.embed_dim = int(embed_dim)
+        spec = losses.DISCRIMINATIVE_LOSSES[loss]
+        self.discriminative_loss = spec.build(**loss_args)
+        self.margin, self.lower_cutoff = margin, lower_cutoff
+        self.alpha = {"selfsimilarity": alpha_ssl, "shared": alpha_shared, "intra": alpha_intra}
+        self.dance_args = dict(temperature=moco_temperature, lower_cutoff=moco_lower_cutoff,
+                               upper_cutoff=moco_upper_cutoff, fixed=fixed,
+                               weighted=ssl == "fast_moco")
         self.margin_tasks = [t for t in MARGIN_TASKS
-                             if t in heads and (t != "discriminative" or cfg.loss == "margin")]
+                             if t in heads and (t != "discriminative" or "beta" in spec.params)]
         self.betas = {
             t: self.add_weight(name=f"beta_{t}", shape=(self.num_classes,),
-                               initializer=keras.initializers.Constant(cfg.loss_margin_beta))
+                               initializer=keras.initializers.Constant(beta_init))
             for t in self.margin_tasks
         }
-        self.directions = cfg.decorrelation_directions
-        self.rhos = dict(zip(self.directions, cfg.diva_rho_decorrelation))
+        self.rhos = dict(rhos)
         self.regressors = {
-            f"{src}-{tgt}": losses.build_regressor(cfg.embed_dim, cfg.diva_decorrnet_dim,
+            f"{src}-{tgt}": losses.build_regressor(embed_dim, decorrnet_dim,
                                                    name=f"regressor_{src}_{tgt}")
-            for src, tgt in self.directions
+            for src, tgt in self.rhos
         }
         self.proxies = None
-        if cfg.loss == "proxy" and "discriminative" in heads:
+        if "proxies" in spec.params and "discriminative" in heads:
             self.proxies = self.add_weight(
-                name="proxies", shape=(self.num_classes, cfg.embed_dim),
-                initializer=keras.initializers.RandomNormal(stddev=1.0, seed=cfg.seed))
+                name="proxies", shape=(self.num_classes, embed_dim),
+                initializer=losses.proxy_initializer(seed))
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int) -> "DiVAObjective":
+        """The objective of a `diva_tf.config.Config` (validated)."""
+        return cls(
+            heads=list(cfg.diva_features), num_classes=num_classes, embed_dim=cfg.embed_dim,
+            loss=cfg.loss, loss_args=losses.DISCRIMINATIVE_LOSSES[cfg.loss].args_from(cfg),
+            margin=cfg.loss_margin_margin, beta_init=cfg.loss_margin_beta,
+            lower_cutoff=cfg.miner_distance_lower_cutoff, alpha_ssl=cfg.diva_alpha_ssl,
+            alpha_shared=cfg.diva_alpha_shared, alpha_intra=cfg.diva_alpha_intra,
+            ssl=cfg.diva_ssl, moco_temperature=cfg.diva_moco_temperature,
+            moco_lower_cutoff=cfg.diva_moco_lower_cutoff,
+            moco_upper_cutoff=cfg.diva_moco_upper_cutoff, fixed=cfg.diva_fixed,
+            rhos=dict(zip(cfg.decorrelation_directions, cfg.diva_rho_decorrelation)),
+            decorrnet_dim=cfg.diva_decorrnet_dim, seed=cfg.seed)
 
     def build(self, input_shape=None):
         for reg in self.regressors.values():
-            reg.build((None, self.cfg.embed_dim))
+            reg.build((None, self.embed_dim))
         self.built = True
 
     def variable_groups(self) -> dict:
@@ -57,21 +89,11 @@ class DiVAObjective(keras.layers.Layer):
             "proxy": [] if self.proxies is None else [self.proxies],
         }
 
-    def _discriminative(self, emb, labels, seed):
-        cfg = self.cfg
-        if cfg.loss == "margin":
-            trip = miners.distance_weighted_triplets(emb, labels, seed, cfg.miner_distance_lower_cutoff)
-            return losses.margin_loss(emb, labels, self.betas["discriminative"], trip, cfg.loss_margin_margin)
-        if cfg.loss == "triplet":
-            return losses.triplet_semihard_loss(emb, labels, cfg.loss_triplet_margin)
-        if cfg.loss == "multisimilarity":
-            return losses.multi_similarity_loss(emb, labels, cfg.loss_ms_alpha, cfg.loss_ms_beta,
-                                                cfg.loss_ms_base, cfg.loss_ms_epsilon)
-        return losses.proxy_softmax_loss(emb, labels, self.proxies, cfg.loss_proxy_scale,
-                                         cfg.loss_proxy_margin)
+    def _margin_task(self, task, emb, labels, triplets):
+        return self.alpha[task] * losses.margin_loss(emb, labels, self.betas[task], triplets,
+                                                     self.margin)
 
     def call(self, embeddings: dict, labels, seed, keys=None, queue=None):
-        cfg = self.cfg
         seed = tf.cast(seed, tf.int64)
         labels = tf.cast(labels, tf.int32)
         embeddings = {k: tf.cast(v, tf.float32) for k, v in embeddings.items()}
@@ -81,25 +103,23 @@ class DiVAObjective(keras.layers.Layer):
             return seed + tf.constant([0, 1_000_003], tf.int64) * k
 
         if "discriminative" in embeddings:
-            terms["discriminative"] = self._discriminative(embeddings["discriminative"], labels, sub_seed(1))
+            params = {"beta": self.betas.get("discriminative"), "proxies": self.proxies}
+            terms["discriminative"] = self.discriminative_loss(embeddings["discriminative"], labels,
+                                                               sub_seed(1), params)
         if "shared" in embeddings:
             emb = embeddings["shared"]
-            trip = miners.shared_permuted_triplets(emb, labels, sub_seed(2), cfg.miner_distance_lower_cutoff)
-            terms["shared"] = cfg.diva_alpha_shared * losses.margin_loss(
-                emb, labels, self.betas["shared"], trip, cfg.loss_margin_margin)
+            trip = miners.shared_permuted_triplets(emb, labels, sub_seed(2), self.lower_cutoff)
+            terms["shared"] = self._margin_task("shared", emb, labels, trip)
         if "intra" in embeddings:
             emb = embeddings["intra"]
             trip = miners.intra_random_triplets(labels, sub_seed(3))
-            terms["intra"] = cfg.diva_alpha_intra * losses.margin_loss(
-                emb, labels, self.betas["intra"], trip, cfg.loss_margin_margin)
+            terms["intra"] = self._margin_task("intra", emb, labels, trip)
         if "selfsimilarity" in embeddings and keys is not None:
-            terms["selfsimilarity"] = cfg.diva_alpha_ssl * losses.dance_loss(
+            terms["selfsimilarity"] = self.alpha["selfsimilarity"] * losses.dance_loss(
                 embeddings["selfsimilarity"], tf.cast(keys, tf.float32), tf.cast(queue, tf.float32),
-                cfg.diva_moco_temperature, cfg.diva_moco_lower_cutoff, cfg.diva_moco_upper_cutoff,
-                fixed=cfg.diva_fixed, weighted=cfg.diva_ssl == "fast_moco")
-        if self.directions:
-            by_direction = {(src, tgt): self.regressors[f"{src}-{tgt}"] for src, tgt in self.directions}
-            terms["decorrelation"] = losses.directions_loss(embeddings, by_direction, self.rhos,
-                                                            self.directions)
+                **self.dance_args)
+        if self.rhos:
+            by_direction = {(src, tgt): self.regressors[f"{src}-{tgt}"] for src, tgt in self.rhos}
+            terms["decorrelation"] = losses.directions_loss(embeddings, by_direction, self.rhos)
         total = tf.add_n(list(terms.values()))
         return total, terms

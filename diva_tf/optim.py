@@ -10,29 +10,34 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from diva_tf.config import Config
-from diva_tf.schedules import make_schedule
+from diva_tf.schedules import schedule_from_config
 
 ADAM_EPSILON = 1e-8  # PyTorch's default; Keras's is 1e-7 (spec 10.13)
 
 
-def make_optimizer(cfg: Config, base_lr: float, steps_per_epoch: int, decoupled_decay: float = 0.0,
+def make_optimizer(learning_rate, decoupled_decay: float = 0.0,
                    name: str | None = None) -> keras.optimizers.Optimizer:
-    lr = make_schedule(cfg, base_lr, steps_per_epoch)
     if decoupled_decay:
-        return keras.optimizers.AdamW(lr, weight_decay=decoupled_decay, epsilon=ADAM_EPSILON, name=name)
-    return keras.optimizers.Adam(lr, epsilon=ADAM_EPSILON, name=name)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=decoupled_decay,
+                                      epsilon=ADAM_EPSILON, name=name)
+    return keras.optimizers.Adam(learning_rate, epsilon=ADAM_EPSILON, name=name)
 
 
-def make_optimizers(cfg: Config, steps_per_epoch: int) -> dict:
-    """{'network', 'beta', 'regressor', 'proxy'} -> optimizer."""
-    adamw = cfg.optimizer == "adamw"
-    return {
-        "network": make_optimizer(cfg, cfg.lr, steps_per_epoch, cfg.decay if adamw else 0.0, "network"),
-        "beta": make_optimizer(cfg, cfg.loss_margin_beta_lr, steps_per_epoch, name="beta"),
-        "regressor": make_optimizer(cfg, cfg.diva_decorrnet_lr, steps_per_epoch, name="regressor"),
-        "proxy": make_optimizer(cfg, cfg.loss_proxy_lr, steps_per_epoch, name="proxy"),
-    }
+def make_optimizers(learning_rates: dict, schedule, network_decoupled_decay: float = 0.0) -> dict:
+    """{group: optimizer} for {group: base lr}; `schedule(base_lr)` is a group's lr schedule, and
+    the network group alone may use decoupled decay (AdamW)."""
+    return {group: make_optimizer(schedule(lr), network_decoupled_decay if group == "network" else 0.0,
+                                  group)
+            for group, lr in learning_rates.items()}
+
+
+def optimizers_from_config(cfg, steps_per_epoch: int) -> dict:
+    """{'network', 'beta', 'regressor', 'proxy'} -> optimizer, from --lr, --loss_margin_beta_lr,
+    --diva_decorrnet_lr, --loss_proxy_lr, --optimizer / --decay and the schedule flags."""
+    learning_rates = {"network": cfg.lr, "beta": cfg.loss_margin_beta_lr,
+                      "regressor": cfg.diva_decorrnet_lr, "proxy": cfg.loss_proxy_lr}
+    return make_optimizers(learning_rates, schedule_from_config(cfg, steps_per_epoch),
+                           cfg.decay if cfg.optimizer == "adamw" else 0.0)
 
 
 def add_coupled_l2(grads, variables, decay: float):

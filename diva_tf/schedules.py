@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import ops
-
-from diva_tf.config import Config
 
 
 @keras.saving.register_keras_serializable(package="diva_tf")
@@ -55,8 +55,18 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "total_epochs": self.total_epochs, "warmup_epochs": self.warmup_epochs}
 
 
-def make_schedule(cfg: Config, base_lr: float, steps_per_epoch: int):
-    """The schedule of one parameter group; every group shares the epoch-wise shape."""
-    if cfg.scheduler == "cosine":
-        return EpochCosineDecay(base_lr, steps_per_epoch, cfg.n_epochs, cfg.warmup_epochs)
-    return EpochStepDecay(base_lr, steps_per_epoch, cfg.tau, cfg.gamma)
+def make_schedule(kind: str, base_lr: float, steps_per_epoch: int, *, milestones, gamma: float,
+                  total_epochs: int, warmup_epochs: int):
+    """The schedule of one parameter group: "cosine" (total_epochs, warmup_epochs) or "step"
+    (milestones, gamma)."""
+    if kind == "cosine":
+        return EpochCosineDecay(base_lr, steps_per_epoch, total_epochs, warmup_epochs)
+    return EpochStepDecay(base_lr, steps_per_epoch, milestones, gamma)
+
+
+def schedule_from_config(cfg, steps_per_epoch: int):
+    """base_lr -> schedule with the Config's shape (--scheduler, --tau, --gamma, --n_epochs,
+    --warmup_epochs), shared by every parameter group."""
+    return functools.partial(make_schedule, cfg.scheduler, steps_per_epoch=steps_per_epoch,
+                             milestones=cfg.tau, gamma=cfg.gamma, total_epochs=cfg.n_epochs,
+                             warmup_epochs=cfg.warmup_epochs)

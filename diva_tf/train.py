@@ -61,7 +61,7 @@ def run(cfg: Config) -> dict:
     from diva_tf import data
     from diva_tf import workdir as wd
     from diva_tf.distribute import is_chief, make_strategy
-    from diva_tf.evaluator import Evaluator
+    from diva_tf.evaluation.in_run import Evaluator
     from diva_tf.run_log import RunLog
     from diva_tf.trainer import DiVATrainer
 
@@ -77,7 +77,7 @@ def run(cfg: Config) -> dict:
                           "README Performance); use one replica or drop --jit_compile")
     chief = is_chief()
     out = prepare_workdir(cfg, chief)
-    spe = data.steps_per_epoch(splits.train, cfg)
+    spe = data.Sampler.from_config(cfg).steps(len(splits.train.labels))
     num_classes = int(splits.train.labels.max()) + 1
     logging.info("%s: %d train images / %d classes, %d test images, %d steps/epoch, %d replica(s)",
                  cfg.dataset, len(splits.train.labels), num_classes, len(splits.test.labels), spe,

@@ -14,10 +14,10 @@ import tensorflow as tf
 
 from diva_tf.config import Config
 from diva_tf.distribute import num_workers
-from diva_tf.losses import enqueue
+from diva_tf.key_queue import enqueue
 from diva_tf.model import build_embedding_model
 from diva_tf.objective import DiVAObjective
-from diva_tf.optim import add_coupled_l2, make_optimizers
+from diva_tf.optim import add_coupled_l2, optimizers_from_config
 
 
 def assign_in_replica_context(pairs) -> None:
@@ -64,7 +64,7 @@ class DiVATrainer(keras.Model):
         super().__init__(name="diva_trainer", **kwargs)
         self.cfg = cfg
         self.embedder = build_embedding_model(cfg)
-        self.objective = DiVAObjective(cfg, num_classes)
+        self.objective = DiVAObjective.from_config(cfg, num_classes)
         self.objective.build()
         self.use_keys = "selfsimilarity" in cfg.diva_features
         if self.use_keys:
@@ -77,7 +77,7 @@ class DiVATrainer(keras.Model):
             self.queue = self.add_weight(
                 name="queue", shape=(cfg.diva_moco_n_key_batches * cfg.bs, cfg.embed_dim),
                 initializer="zeros", trainable=False)
-        self.optimizers = make_optimizers(cfg, steps_per_epoch)
+        self.optimizers = optimizers_from_config(cfg, steps_per_epoch)
         self._loss_trackers = {}
         self.built = True
 
@@ -113,7 +113,7 @@ class DiVATrainer(keras.Model):
         """Create loss trackers eagerly (so `metrics` lists them before the first step)."""
         names = ["loss"] + [t for t in ("discriminative", "selfsimilarity", "shared", "intra")
                             if t in self.cfg.diva_features]
-        if self.objective.directions:
+        if self.objective.rhos:
             names.append("decorrelation")
         for n in names:
             self._mean_tracker(n)

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 import reference_losses as ref
-from diva_tf import losses
+from diva_tf import losses, miners
+from diva_tf.config import Config
 
 
 def _batch(seed, b=10, dim=4, classes=4):
@@ -118,12 +119,36 @@ def test_proxy_softmax_gradient_matches_finite_differences():
     np.testing.assert_allclose(gp.numpy(), fp, atol=1e-7)
 
 
-def test_make_proxies():
-    p = losses.make_proxies(7, 16, seed=3)
-    assert isinstance(p, tf.Variable) and p.trainable and p.shape == (7, 16)
-    assert np.abs(p.numpy()).max() <= 0.25
-    np.testing.assert_array_equal(p.numpy(), losses.make_proxies(7, 16, seed=3).numpy())
+def test_proxy_init_is_standard_normal():
+    w = losses.proxy_initializer(seed=3)((400, 64)).numpy()
+    assert abs(w.mean()) < 4 / math.sqrt(w.size) and abs(w.std() - 1.0) < 4 / math.sqrt(2 * w.size)
+    np.testing.assert_array_equal(w, losses.proxy_initializer(seed=3)((400, 64)).numpy())
 
 
-def test_registry_exports_all_alternatives():
-    assert set(losses.DISCRIMINATIVE_LOSSES) == {"triplet", "multisimilarity", "proxy"}
+# ---- the --loss registry -----------------------------------------------------------------------------
+
+def test_registry_builds_each_loss_from_its_config_fields():
+    """Every --loss name, built from a Config with non-default values for all its fields, equals the
+    numpy reference called with those values by hand."""
+    cfg = Config(loss_margin_margin=0.35, miner_distance_lower_cutoff=0.7, loss_triplet_margin=0.6,
+                 loss_ms_alpha=1.5, loss_ms_beta=30.0, loss_ms_base=0.3, loss_ms_epsilon=0.2,
+                 loss_proxy_scale=8.0, loss_proxy_margin=0.25)
+    x, labels = _batch(8, b=12, dim=6, classes=4)
+    rng = np.random.default_rng(9)
+    beta, proxies = rng.uniform(0.8, 1.4, size=4), rng.normal(size=(4, 6))
+    seed = tf.constant([3, 4], tf.int64)
+    a, p, n, valid = (t.numpy() for t in miners.distance_weighted_triplets(
+        tf.constant(x), tf.constant(labels), seed, 0.7))
+    keep = valid > 0
+    want = {
+        "margin": ref.margin_loss(x, labels, beta, list(zip(a[keep], p[keep], n[keep])), 0.35),
+        "triplet": ref.triplet_semihard_loss(x, labels, 0.6),
+        "multisimilarity": ref.multi_similarity_loss(x, labels, 1.5, 30.0, 0.3, 0.2),
+        "proxy": ref.proxy_softmax_loss(x, labels, proxies, 8.0, 0.25),
+    }
+    assert set(losses.DISCRIMINATIVE_LOSSES) == set(want)
+    params = {"beta": tf.constant(beta), "proxies": tf.constant(proxies)}
+    for name, spec in losses.DISCRIMINATIVE_LOSSES.items():
+        loss = spec.build(**spec.args_from(cfg))
+        got = loss(tf.constant(x), tf.constant(labels), seed, params).numpy()
+        assert got == pytest.approx(want[name], rel=1e-10), name

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import reference_losses as ref
 from diva_tf import losses
+from diva_tf.key_queue import enqueue
 
 
 def _batch(seed, b=6, m=18, dim=8):
@@ -102,14 +103,14 @@ def test_weights_have_no_gradient_and_temperature_may_be_a_tensor():
 def test_enqueue_is_fifo_and_keeps_static_shape():
     queue = tf.constant(np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32))
     keys = tf.constant([[100.0, 100.0], [101.0, 101.0], [102.0, 102.0]])
-    out = losses.enqueue(queue, keys).numpy()
+    out = enqueue(queue, keys).numpy()
     np.testing.assert_array_equal(out[:, 0], [3, 4, 5, 6, 7, 8, 9, 100, 101, 102])
     var = tf.Variable(queue)
-    step = tf.function(lambda k: var.assign(losses.enqueue(var, k)))
+    step = tf.function(lambda k: var.assign(enqueue(var, k)))
     step(keys)
     step(keys + 10)
     np.testing.assert_array_equal(var.numpy()[:, 0], [6, 7, 8, 9, 100, 101, 102, 110, 111, 112])
-    traced = tf.function(losses.enqueue).get_concrete_function(
+    traced = tf.function(enqueue).get_concrete_function(
         tf.TensorSpec([10, 2], tf.float32), tf.TensorSpec([3, 2], tf.float32))
     assert traced.structured_outputs.shape == (10, 2)
 
@@ -119,5 +120,5 @@ def test_unknown_static_shapes_as_after_all_gather():
     spec = [tf.TensorSpec([None, None], tf.float32)] * 3
     traced = tf.function(lambda a, b, c: losses.dance_loss(a, b, c, 0.1), input_signature=spec)
     assert traced(q, k, queue).numpy() == pytest.approx(losses.dance_loss(q, k, queue, 0.1).numpy(), rel=1e-6)
-    fifo = tf.function(losses.enqueue, input_signature=spec[:2])
-    np.testing.assert_array_equal(fifo(queue, k).numpy(), losses.enqueue(queue, k).numpy())
+    fifo = tf.function(enqueue, input_signature=spec[:2])
+    np.testing.assert_array_equal(fifo(queue, k).numpy(), enqueue(queue, k).numpy())

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from diva_tf.config import Config
-from diva_tf.data import (DataError, Split, eval_dataset, load_splits, sample_epoch_indices,
-                          source, steps_per_epoch, train_dataset)
+from diva_tf.data import (DataError, Sampler, Split, eval_dataset, load_splits, source,
+                          train_dataset)
 from diva_tf.data.augment import test_view as reference_test_view
 from fixtures_data import isolated_cache, make_class_tree, write_image  # noqa: F401
 
@@ -50,10 +50,11 @@ def take(ds, n):
 
 def test_batches_follow_the_sampler_with_fixed_shapes(data_dir, train_split):
     cfg = make_cfg(data_dir)
-    spe = steps_per_epoch(train_split, cfg)
+    sampler = Sampler.from_config(cfg)
+    spe = sampler.steps(len(train_split.labels))
     assert spe == len(train_split) // BS == 2
     batches = take(train_dataset(train_split, cfg), 2 * spe)
-    expected = np.concatenate([sample_epoch_indices(train_split.labels, cfg, e) for e in (0, 1)])
+    expected = np.concatenate([sampler.epoch_indices(train_split.labels, e) for e in (0, 1)])
     for (v1, v2, labels), idx in zip(batches, expected):
         assert v1.shape == v2.shape == (BS, 16, 16, 3)
         assert v1.dtype == v2.dtype == np.float32 and labels.dtype == np.int32

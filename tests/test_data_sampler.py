@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from diva_tf.config import Config
-from diva_tf.data import DataError, Split, sample_epoch_indices, steps_per_epoch
-from diva_tf.data.sampler import check_sampler
+from diva_tf.data import DataError, Sampler, Split
 
 SIZES = np.arange(1, 21)  # class c has c + 1 images: very unequal classes
 LABELS = np.repeat(np.arange(len(SIZES)), SIZES).astype(np.int32)
@@ -22,6 +21,18 @@ LABELS = np.repeat(np.arange(len(SIZES)), SIZES).astype(np.int32)
 def cfg(**kw):
     base = dict(bs=16, samples_per_class=2, seed=3, data_sampler="class_random")
     return Config(**{**base, **kw})
+
+
+def sample_epoch_indices(labels, c, epoch, steps=None):
+    return Sampler.from_config(c).epoch_indices(labels, epoch, steps)
+
+
+def steps_per_epoch(split, c):
+    return Sampler.from_config(c).steps(len(split.labels))
+
+
+def check_sampler(labels, c):
+    Sampler.from_config(c).check(labels)
 
 
 def chi2_upper(df: int, z: float = 4.0) -> float:

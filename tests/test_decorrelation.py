@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import reference_losses as ref
 from diva_tf import losses, miners
-from diva_tf.layers import gradient_reversal, l2_normalize
+from diva_tf.tensor_ops import gradient_reversal, l2_normalize
 
 DIM, HIDDEN = 6, 10
 
@@ -96,18 +96,16 @@ def test_reversal_flips_exactly_the_embedding_gradients():
         np.testing.assert_allclose(g_rev[2 + k].numpy(), ref.central_difference(f, w[k]), atol=1e-7)
 
 
-def test_directions_loss_sums_directions_and_drops_those_without_rho():
+def test_directions_loss_sums_the_directions_of_its_rhos():
     rng = np.random.default_rng(2)
     emb = {k: tf.constant(ref.unit_rows(rng, 4, DIM)) for k in ("disc", "ssl", "shared", "intra")}
     dirs = [("ssl", "disc"), ("shared", "disc"), ("intra", "disc")]
     regs = {d: _regressor(seed=10 * i) for i, d in enumerate(dirs)}
-    each = [losses.decorrelation_loss(emb[s], emb[t], regs[(s, t)], r).numpy()
-            for (s, t), r in zip(dirs, [1.0, 2.0, 3.0])]
-    total = losses.directions_loss(emb, regs, [1.0, 2.0, 3.0], dirs).numpy()
-    assert total == pytest.approx(sum(each), rel=1e-12)
-    assert losses.directions_loss(emb, regs, [1.0], dirs).numpy() == pytest.approx(each[0], rel=1e-12)
-    as_dict = losses.directions_loss(emb, regs, dict(zip(dirs, [1.0, 2.0, 3.0])), dirs).numpy()
-    assert as_dict == pytest.approx(total, rel=1e-12)
+    weights = [_weights(regs[d]) for d in dirs]
+    want = sum(ref.decorrelation_loss(emb[s].numpy(), emb[t].numpy(), w, r)
+               for (s, t), w, r in zip(dirs, weights, [1.0, 2.0, 3.0]))
+    total = losses.directions_loss(emb, regs, dict(zip(dirs, [1.0, 2.0, 3.0]))).numpy()
+    assert total == pytest.approx(want, rel=1e-10)
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -140,7 +138,7 @@ def test_combined_objective_forward_backward_in_tf_function(jit):
             intra = losses.margin_loss(emb["intra"], labels, betas["intra"],
                                        miners.intra_random_triplets(labels, seeds[2]))
             ssl = losses.dance_loss(emb["selfsimilarity"], keys, queue, 0.01)
-            sep = losses.directions_loss(emb, regs, [1500.0, 1500.0, 1500.0], dirs)
+            sep = losses.directions_loss(emb, regs, dict.fromkeys(dirs, 1500.0))
             total = disc + 0.3 * (ssl + shared + intra) + sep
         return total, tape.gradient(total, variables)
 

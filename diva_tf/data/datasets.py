@@ -9,26 +9,26 @@ from __future__ import annotations
 
 from absl import logging
 
+from diva_tf.choices import lookup
 from diva_tf.data import cars196, cub200, emoji, folder, sop, tfds_source
 from diva_tf.data.errors import DataError
 from diva_tf.data.imagefiles import drop_unreadable
 from diva_tf.data.splits import Splits, cap_images, carve_validation, split_from_classes
 
-LOADERS = {"cub200": cub200.load, "cars196": cars196.load, "sop": sop.load,
-           "folder": folder.load, "emoji": emoji.load}
+# --dataset name -> loader(cfg) -> (train ClassList, test ClassList): the one dataset registry.
+DATASETS = {"cub200": cub200.load, "cars196": cars196.load, "sop": sop.load,
+            "folder": folder.load, "emoji": emoji.load}
 MIN_CLASSES = {"train": 2, "val": 1, "test": 1}
 
 
 def load_classes(cfg) -> tuple[list, list]:
     """(train ClassList, test ClassList) by the dataset's split rule."""
-    if cfg.dataset not in LOADERS:
-        raise DataError(f"--dataset={cfg.dataset!r}: unknown dataset (choose one of "
-                        f"{', '.join(LOADERS)})")
+    load = lookup(DATASETS, "dataset", cfg.dataset, "dataset", DataError)
     if cfg.tfds_data_dir:
         if cfg.dataset in tfds_source.LAYOUTS:
             return tfds_source.load(cfg.dataset, cfg.tfds_data_dir)
         logging.warning("--tfds_data_dir is ignored for --dataset=%s", cfg.dataset)
-    return LOADERS[cfg.dataset](cfg)
+    return load(cfg)
 
 
 def check_classes(classes: list, what: str, min_classes: int) -> None:

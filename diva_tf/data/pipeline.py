@@ -1,7 +1,7 @@
 """tf.data pipelines: the infinite training stream of (view1, view2, labels) global batches and
 the in-order evaluation stream of (images, labels).
 
-Training element k of epoch e is image `sample_epoch_indices(...)[k]`; its two views are drawn
+Training element k of epoch e is image `Sampler.epoch_indices(...)[k]`; its two views are drawn
 with stateless ops seeded from (seed, e, k). So every batch depends only on (seed, epoch): a run
 resumed at epoch e (start_epoch=e) sees exactly the batches it would have seen, whatever the
 parallelism.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from diva_tf.data import sampler
+from diva_tf.data.sampler import Sampler
 from diva_tf.data.augment import test_view, train_view
 from diva_tf.data.source import image_source
 
@@ -25,15 +25,16 @@ def _element_seed(seed: int, epoch, position):
 
 def train_dataset(split, cfg, start_epoch: int = 0, steps_per_epoch: int | None = None):
     """Infinite dataset of epochs start_epoch, start_epoch + 1, ... each of `steps_per_epoch`
-    batches (default: sampler.steps_per_epoch): float32 [B, crop, crop, 3] twice, int32 [B]."""
-    steps = steps_per_epoch or sampler.steps_per_epoch(split, cfg)
-    sampler.check_sampler(split.labels, cfg)
+    batches (default: Sampler.steps): float32 [B, crop, crop, 3] twice, int32 [B]."""
+    sampler = Sampler.from_config(cfg)
+    steps = steps_per_epoch or sampler.steps(len(split.labels))
+    sampler.check(split.labels)
     n = steps * cfg.bs
     labels = tf.constant(split.labels, tf.int32)
     source = image_source(split, cfg)
 
     def epoch_indices(epoch):
-        return sampler.sample_epoch_indices(split.labels, cfg, int(epoch), steps).reshape(-1)
+        return sampler.epoch_indices(split.labels, int(epoch), steps).reshape(-1)
 
     def epoch_elements(epoch):
         indices = tf.numpy_function(epoch_indices, [epoch], tf.int32, stateful=False)

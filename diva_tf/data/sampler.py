@@ -9,30 +9,21 @@
   images cannot supply that and are never drawn (a warning counts them); fewer eligible classes
   than draws per batch is an error.
 
-An epoch is `steps_per_epoch(split, cfg)` batches: --steps_per_epoch if > 0, else floor(N / B).
+An epoch is `Sampler.steps(N)` batches: --steps_per_epoch if > 0, else floor(N / B). `SAMPLERS`
+(name -> draw function) is the one registry of --data_sampler.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from absl import logging
 
+from diva_tf.choices import lookup
 from diva_tf.data.errors import DataError
 
 _STREAM = 0x5A4D50  # separates the sampler's random stream from other uses of (seed, epoch)
-
-
-def epoch_steps(n_images: int, cfg) -> int:
-    steps = cfg.steps_per_epoch if cfg.steps_per_epoch > 0 else n_images // cfg.bs
-    if steps <= 0:
-        raise DataError(f"the training split has {n_images} images, fewer than one batch of "
-                        f"--bs={cfg.bs}: lower --bs or set --steps_per_epoch")
-    return steps
-
-
-def steps_per_epoch(split, cfg) -> int:
-    """Batches per epoch: cfg.steps_per_epoch if > 0, else floor(N_train / B)."""
-    return epoch_steps(len(split.labels), cfg)
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -60,39 +51,6 @@ def _distinct_ints(rng, highs: np.ndarray, k: int) -> np.ndarray:
     return picks
 
 
-def _eligible(counts: np.ndarray, cfg) -> np.ndarray:
-    """Classes the sampler may draw."""
-    if cfg.data_sampler == "class_without_replacement":
-        return np.flatnonzero(counts >= cfg.samples_per_class)
-    return np.flatnonzero(counts > 0)
-
-
-def _validate(counts: np.ndarray, cfg) -> np.ndarray:
-    """The eligible classes; DataError for settings the sampler cannot follow."""
-    if cfg.data_sampler not in _DRAW:
-        raise DataError(f"--data_sampler={cfg.data_sampler!r}: choose one of {tuple(_DRAW)}")
-    if cfg.bs % cfg.samples_per_class:
-        raise DataError(f"--bs={cfg.bs} is not a multiple of "
-                        f"--samples_per_class={cfg.samples_per_class}")
-    eligible = _eligible(counts, cfg)
-    draws = cfg.bs // cfg.samples_per_class
-    if cfg.data_sampler == "class_without_replacement" and len(eligible) < draws:
-        raise DataError(f"class_without_replacement needs {draws} distinct classes per batch "
-                        f"(--bs / --samples_per_class) with >= {cfg.samples_per_class} images "
-                        f"each, but only {len(eligible)} classes qualify: lower --bs or use "
-                        "class_random")
-    return eligible
-
-
-def check_sampler(labels, cfg) -> None:
-    """Raise now (not inside tf.data) if the sampler cannot run; warn about skipped classes."""
-    counts = np.bincount(np.asarray(labels))
-    skipped = len(counts) - len(_validate(counts, cfg))
-    if skipped:
-        logging.warning("%s: %d class(es) with fewer than %d images are never sampled",
-                        cfg.data_sampler, skipped, cfg.samples_per_class)
-
-
 def _class_random(rng, eligible, counts, steps, draws, spc):
     classes = eligible[rng.integers(0, len(eligible), size=(steps, draws))]
     within = rng.integers(0, counts[classes][..., None], size=(steps, draws, spc))
@@ -106,18 +64,71 @@ def _class_without_replacement(rng, eligible, counts, steps, draws, spc):
     return classes, within
 
 
-_DRAW = {"class_random": _class_random, "class_without_replacement": _class_without_replacement}
+SAMPLERS = {"class_random": _class_random, "class_without_replacement": _class_without_replacement}
 
 
-def sample_epoch_indices(labels, cfg, epoch: int, steps: int | None = None) -> np.ndarray:
-    """[steps, B] int32 image indices of one epoch's batches; rows of a batch come in class draws
-    of cfg.samples_per_class consecutive images. Uses cfg.bs, cfg.samples_per_class, cfg.seed,
-    cfg.data_sampler (and cfg.steps_per_epoch when steps is None)."""
-    labels = np.asarray(labels)
-    order, starts, counts = _by_class(labels)
-    eligible = _validate(counts, cfg)
-    steps = epoch_steps(len(labels), cfg) if steps is None else steps
-    draws = cfg.bs // cfg.samples_per_class
-    classes, within = _DRAW[cfg.data_sampler](epoch_rng(cfg.seed, epoch), eligible, counts, steps,
-                                              draws, cfg.samples_per_class)
-    return order[starts[classes][..., None] + within].reshape(steps, cfg.bs).astype(np.int32)
+@dataclass(frozen=True)
+class Sampler:
+    """One sampler setting; construction checks it (`Config.validate` builds one for that)."""
+
+    kind: str                # a SAMPLERS name (--data_sampler)
+    bs: int                  # global batch size B
+    samples_per_class: int   # images per class draw
+    seed: int
+    steps_per_epoch: int = 0  # > 0 overrides floor(N / B)
+
+    def __post_init__(self):
+        lookup(SAMPLERS, "data_sampler", self.kind, "sampler", DataError)
+        if self.bs <= 0 or self.samples_per_class <= 0:
+            raise DataError("--bs and --samples_per_class must be positive")
+        if self.bs % self.samples_per_class:
+            raise DataError(f"--bs={self.bs} is not a multiple of "
+                            f"--samples_per_class={self.samples_per_class}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "Sampler":
+        return cls(cfg.data_sampler, cfg.bs, cfg.samples_per_class, cfg.seed, cfg.steps_per_epoch)
+
+    @property
+    def draws(self) -> int:
+        """Class draws per batch."""
+        return self.bs // self.samples_per_class
+
+    def steps(self, n_images: int) -> int:
+        """Batches per epoch: steps_per_epoch if > 0, else floor(n_images / B)."""
+        steps = self.steps_per_epoch if self.steps_per_epoch > 0 else n_images // self.bs
+        if steps <= 0:
+            raise DataError(f"the training split has {n_images} images, fewer than one batch of "
+                            f"--bs={self.bs}: lower --bs or set --steps_per_epoch")
+        return steps
+
+    def _eligible(self, counts: np.ndarray) -> np.ndarray:
+        """The classes this sampler may draw; DataError if they cannot fill a batch."""
+        if self.kind != "class_without_replacement":
+            return np.flatnonzero(counts > 0)
+        eligible = np.flatnonzero(counts >= self.samples_per_class)
+        if len(eligible) < self.draws:
+            raise DataError(f"class_without_replacement needs {self.draws} distinct classes per "
+                            f"batch (--bs / --samples_per_class) with >= {self.samples_per_class} "
+                            f"images each, but only {len(eligible)} classes qualify: lower --bs or "
+                            "use class_random")
+        return eligible
+
+    def check(self, labels) -> None:
+        """Raise now (not inside tf.data) if the sampler cannot run; warn about skipped classes."""
+        counts = np.bincount(np.asarray(labels))
+        skipped = len(counts) - len(self._eligible(counts))
+        if skipped:
+            logging.warning("%s: %d class(es) with fewer than %d images are never sampled",
+                            self.kind, skipped, self.samples_per_class)
+
+    def epoch_indices(self, labels, epoch: int, steps: int | None = None) -> np.ndarray:
+        """[steps, B] int32 image indices of one epoch's batches (default steps: `self.steps`); rows
+        of a batch come in class draws of samples_per_class consecutive images."""
+        labels = np.asarray(labels)
+        order, starts, counts = _by_class(labels)
+        eligible = self._eligible(counts)
+        steps = self.steps(len(labels)) if steps is None else steps
+        classes, within = SAMPLERS[self.kind](epoch_rng(self.seed, epoch), eligible, counts, steps,
+                                              self.draws, self.samples_per_class)
+        return order[starts[classes][..., None] + within].reshape(steps, self.bs).astype(np.int32)

@@ -2,7 +2,8 @@
 mAP@C, MAP@R, R-precision; test-time head combination; embedding a split; reports.
 
 numpy and faiss only (TensorFlow is imported only by `combine_heads_tf` and by the Progbar of
-`embed_dataset`).
+`embed_dataset`). The evaluator of a training run, `in_run.Evaluator`, uses TensorFlow and is
+imported from its module, not from here.
 """
 
 from diva_tf.evaluation.clustering import (FAISS_DEFAULT_SEED, clustering_metrics, kmeans_assign,

@@ -1,30 +1,32 @@
-"""DiVA's training objectives (spec 4) and alternative discriminative losses: pure tensor functions."""
+"""DiVA's training objectives (spec 4) and alternative discriminative losses: pure tensor functions.
 
-from diva_tf.losses.dance import dance_loss, dance_weights, enqueue
-from diva_tf.losses.decorrelation import build_regressor, correlation, decorrelation_loss, directions_loss
-from diva_tf.losses.margin import margin_loss
-from diva_tf.losses.multisimilarity import multi_similarity_loss
-from diva_tf.losses.proxy import make_proxies, proxy_softmax_loss
-from diva_tf.losses.triplet import triplet_semihard_loss
+`DISCRIMINATIVE_LOSSES` (in `registry`) is the one registry of --loss. The loss functions are
+loaded on first use, so the registry (and `diva_tf.config`, which validates against it) does not
+pay for importing TensorFlow.
+"""
 
-DISCRIMINATIVE_LOSSES = {
-    "triplet": triplet_semihard_loss,
-    "multisimilarity": multi_similarity_loss,
-    "proxy": proxy_softmax_loss,
+import importlib
+
+from diva_tf.losses.registry import DISCRIMINATIVE_LOSSES, DiscriminativeLoss
+
+_MODULE_OF = {
+    "dance_loss": "dance",
+    "dance_weights": "dance",
+    "build_regressor": "decorrelation",
+    "correlation": "decorrelation",
+    "decorrelation_loss": "decorrelation",
+    "directions_loss": "decorrelation",
+    "margin_loss": "margin",
+    "multi_similarity_loss": "multisimilarity",
+    "proxy_initializer": "proxy",
+    "proxy_softmax_loss": "proxy",
+    "triplet_semihard_loss": "triplet",
 }
 
-__all__ = [
-    "DISCRIMINATIVE_LOSSES",
-    "build_regressor",
-    "correlation",
-    "dance_loss",
-    "dance_weights",
-    "decorrelation_loss",
-    "directions_loss",
-    "enqueue",
-    "make_proxies",
-    "margin_loss",
-    "multi_similarity_loss",
-    "proxy_softmax_loss",
-    "triplet_semihard_loss",
-]
+__all__ = ["DISCRIMINATIVE_LOSSES", "DiscriminativeLoss", *sorted(_MODULE_OF)]
+
+
+def __getattr__(name):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,12 @@
-"""DaNCE, DiVA's distance-weighted MoCo loss `criteria/fast_moco.py`, and its key queue (spec 4.5)."""
+"""DaNCE, DiVA's distance-weighted MoCo loss `criteria/fast_moco.py` (spec 4.5); its key queue is
+`diva_tf.key_queue`."""
 
 import math
 
 import tensorflow as tf
 
-from diva_tf.layers import cast_to
 from diva_tf.miners.distance import log_sphere_weights
+from diva_tf.tensor_ops import cast_to
 
 # torch's clamp(min=1e-45) on float32 rounds 1e-45 to the smallest denormal, 2**-149.
 LOG_MIN_WEIGHT = -149.0 * math.log(2.0)
@@ -48,9 +49,3 @@ def dance_loss(queries, keys, queue, temperature, lower_cutoff=0.5, upper_cutoff
     logits = tf.concat([positive, negative], axis=-1) / cast_to(temperature, queries.dtype)
     return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=-1) - logits[:, 0])
 
-
-def enqueue(queue, keys):
-    """FIFO update: drop the oldest B rows from the front and append this step's keys at the end."""
-    keys = tf.cast(tf.stop_gradient(keys), queue.dtype)
-    batch = keys.shape[0] if keys.shape[0] is not None else tf.shape(keys)[0]
-    return tf.concat([queue[batch:], keys], axis=0)

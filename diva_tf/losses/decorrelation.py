@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from diva_tf.initializers import torch_dense
-from diva_tf.layers import cast_to, gradient_reversal, l2_normalize
+from diva_tf.tensor_ops import cast_to, gradient_reversal, l2_normalize
 
 
 def build_regressor(embed_dim=128, hidden=512, name=None, seed=None, dtype="float32"):
@@ -34,13 +34,12 @@ def decorrelation_loss(source, target, regressor, rho):
     return -cast_to(rho, target.dtype) * correlation(source, target, regressor)
 
 
-def directions_loss(embeddings, regressors, rhos, directions):
-    """Sum of `decorrelation_loss` over directions (source, target).
+def directions_loss(embeddings, regressors, rhos):
+    """Sum of `decorrelation_loss` over the directions (source, target) keying `rhos`.
 
-    `regressors` is keyed by direction. `rhos` is a dict keyed by direction, or a sequence paired with
-    `directions` in order, in which case, as in the original, directions without a rho are dropped.
+    `regressors` and `rhos` are keyed by direction; `Config.validate` requires exactly one rho per
+    direction (the original silently dropped directions without one).
     """
-    weighted = [(rhos[d], d) for d in directions] if isinstance(rhos, dict) else list(zip(rhos, directions))
     terms = [decorrelation_loss(embeddings[src], embeddings[tgt], regressors[(src, tgt)], rho)
-             for rho, (src, tgt) in weighted]
+             for (src, tgt), rho in rhos.items()]
     return tf.add_n(terms) if terms else tf.constant(0.0)

@@ -6,7 +6,7 @@ base)` with cosine similarity and the mean reducer.
 
 import tensorflow as tf
 
-from diva_tf.layers import l2_normalize
+from diva_tf.tensor_ops import l2_normalize
 
 
 def _log1p_sum_exp(z, mask):

@@ -1,19 +1,21 @@
 """Proxy-based classification losses: normalized softmax (Zhai & Wu, BMVC 2019) and ArcFace (Deng et
 al., CVPR 2019), as RevDML's `criteria/softmax.py` and `criteria/arcface.py`."""
 
-import math
-
+import keras
 import tensorflow as tf
 
-from diva_tf.layers import cast_to, l2_normalize
+from diva_tf.tensor_ops import cast_to, l2_normalize
 
 
-def make_proxies(num_classes, dim, seed=None, name="proxies"):
-    """A trainable [C, D] proxy matrix, U(-1/sqrt(D), 1/sqrt(D)) as RevDML initialises its class map."""
-    bound = 1.0 / math.sqrt(dim)
-    init = tf.random.stateless_uniform([num_classes, dim], [0, 0] if seed is None else [seed, 0],
-                                       -bound, bound)
-    return tf.Variable(init, name=name)
+def proxy_initializer(seed=None):
+    """Initial [C, D] class proxies: i.i.d. N(0, 1) entries (`DiVAObjective` owns the variable).
+
+    The loss only sees normalize(w), and an isotropic Gaussian gives directions uniform on the
+    sphere. RevDML initialises its class map with U(-1/sqrt(D), 1/sqrt(D)) instead: same kind of
+    directions, but rows of norm ~0.58 where N(0, 1) rows have norm ~sqrt(D), so a step of
+    --loss_proxy_lr turns an N(0, 1) proxy by about sqrt(3 D) times less (~20x at D = 128).
+    """
+    return keras.initializers.RandomNormal(stddev=1.0, seed=seed)
 
 
 def proxy_softmax_loss(embeddings, labels, proxies, scale=16.0, margin=0.0):
