@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from diva_tf import losses, miners
+from diva_tf import diagnostics, losses, miners
 from diva_tf.config import Config
 
 MARGIN_TASKS = ("discriminative", "shared", "intra")
@@ -26,10 +26,13 @@ class DiVAObjective(keras.layers.Layer):
         heads = cfg.diva_features
         self.margin_tasks = [t for t in MARGIN_TASKS
                              if t in heads and (t != "discriminative" or cfg.loss == "margin")]
+        # Beyond DiVA (--diva_aux_discriminative > 0): a class margin loss on each auxiliary head.
+        self.aux_disc_tasks = [f"{h}_disc" for h in heads
+                               if h != "discriminative" and cfg.diva_aux_discriminative > 0]
         self.betas = {
             t: self.add_weight(name=f"beta_{t}", shape=(self.num_classes,),
                                initializer=keras.initializers.Constant(cfg.loss_margin_beta))
-            for t in self.margin_tasks
+            for t in self.margin_tasks + self.aux_disc_tasks
         }
         self.directions = cfg.decorrelation_directions
         self.rhos = dict(zip(self.directions, cfg.diva_rho_decorrelation))
@@ -57,11 +60,14 @@ class DiVAObjective(keras.layers.Layer):
             "proxy": [] if self.proxies is None else [self.proxies],
         }
 
+    def _distance_margin(self, emb, labels, seed, beta_name):
+        trip = miners.distance_weighted_triplets(emb, labels, seed, self.cfg.miner_distance_lower_cutoff)
+        return losses.margin_loss(emb, labels, self.betas[beta_name], trip, self.cfg.loss_margin_margin)
+
     def _discriminative(self, emb, labels, seed):
         cfg = self.cfg
         if cfg.loss == "margin":
-            trip = miners.distance_weighted_triplets(emb, labels, seed, cfg.miner_distance_lower_cutoff)
-            return losses.margin_loss(emb, labels, self.betas["discriminative"], trip, cfg.loss_margin_margin)
+            return self._distance_margin(emb, labels, seed, "discriminative")
         if cfg.loss == "triplet":
             return losses.triplet_semihard_loss(emb, labels, cfg.loss_triplet_margin)
         if cfg.loss == "multisimilarity":
@@ -97,9 +103,39 @@ class DiVAObjective(keras.layers.Layer):
                 embeddings["selfsimilarity"], tf.cast(keys, tf.float32), tf.cast(queue, tf.float32),
                 cfg.diva_moco_temperature, cfg.diva_moco_lower_cutoff, cfg.diva_moco_upper_cutoff,
                 fixed=cfg.diva_fixed, weighted=cfg.diva_ssl == "fast_moco")
+        for k, task in enumerate(self.aux_disc_tasks):
+            head = task[: -len("_disc")]
+            terms[task] = cfg.diva_aux_discriminative * self._distance_margin(
+                embeddings[head], labels, sub_seed(4 + k), task)
         if self.directions:
             by_direction = {(src, tgt): self.regressors[f"{src}-{tgt}"] for src, tgt in self.directions}
             terms["decorrelation"] = losses.directions_loss(embeddings, by_direction, self.rhos,
                                                             self.directions)
         total = tf.add_n(list(terms.values()))
         return total, terms
+
+    def log_names(self) -> list:
+        """Names of the loss terms and statistics a step reports, in a stable order."""
+        cfg = self.cfg
+        names = [t for t in ("discriminative", "selfsimilarity", "shared", "intra")
+                 if t in cfg.diva_features] + self.aux_disc_tasks
+        if self.directions:
+            names.append("decorrelation")
+        if "selfsimilarity" in cfg.diva_features:
+            names += list(diagnostics.DANCE_STATISTICS)
+        return names + [diagnostics.correlation_name(s, t) for s, t in self.directions]
+
+    def statistics(self, embeddings: dict, keys=None, queue=None) -> dict:
+        """Diagnostics of this step's auxiliary tasks (`diva_tf.diagnostics`), without gradient."""
+        cfg = self.cfg
+        embeddings = {k: tf.stop_gradient(tf.cast(v, tf.float32)) for k, v in embeddings.items()}
+        stats = {}
+        if "selfsimilarity" in embeddings and keys is not None:
+            stats.update(diagnostics.dance_statistics(
+                embeddings["selfsimilarity"], tf.cast(keys, tf.float32), tf.cast(queue, tf.float32),
+                cfg.diva_moco_temperature, cfg.diva_moco_lower_cutoff, cfg.diva_moco_upper_cutoff,
+                cfg.diva_fixed, cfg.diva_ssl == "fast_moco"))
+        if self.directions:
+            stats.update(diagnostics.decorrelation_statistics(
+                embeddings, {(s, t): self.regressors[f"{s}-{t}"] for s, t in self.directions}))
+        return stats

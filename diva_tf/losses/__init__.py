@@ -1,6 +1,6 @@
 """DiVA's training objectives (spec 4) and alternative discriminative losses: pure tensor functions."""
 
-from diva_tf.losses.dance import dance_loss, dance_weights, enqueue
+from diva_tf.losses.dance import dance_logits, dance_loss, dance_row_losses, dance_weights, enqueue
 from diva_tf.losses.decorrelation import build_regressor, correlation, decorrelation_loss, directions_loss
 from diva_tf.losses.margin import margin_loss
 from diva_tf.losses.multisimilarity import multi_similarity_loss
@@ -17,7 +17,9 @@ __all__ = [
     "DISCRIMINATIVE_LOSSES",
     "build_regressor",
     "correlation",
+    "dance_logits",
     "dance_loss",
+    "dance_row_losses",
     "dance_weights",
     "decorrelation_loss",
     "directions_loss",
