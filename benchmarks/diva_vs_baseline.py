@@ -1,7 +1,9 @@
-"""DiVA vs. its baselines and ablations on the emoji dataset (issue 7).
+"""DiVA vs. its single-head baseline, its ablations and variants, on emoji or any class-folder
+dataset (issues 7 and 12).
 
     python benchmarks/diva_vs_baseline.py --data_dir data/emoji --out benchmarks/results \
-        [--seeds 0,1,2] [--epochs 6] [--lr 1e-4] [--rho 150] [--rows gap,random_heads,...]
+        [--dataset emoji|folder] [--seeds 0,1,2] [--epochs 40] [--lr 1e-4] [--rows ...] \
+        [--chosen='<train flags>'] [--readme README.md]
 
 Every row uses the same backbone (efficientnet_lite0, ImageNet weights), image size, batch size,
 steps per epoch, epoch count, learning rate and seeds:
@@ -9,21 +11,28 @@ steps per epoch, epoch count, learning rate and seeds:
   gap                      ImageNet global-average-pooled features (1280-d, L2-normalised), no training
   random_heads             epoch 0 of the DiVA runs: ImageNet features through randomly initialised heads
   discriminative           one 512-d head, margin loss + distance-weighted sampling
+  diva_published           four 128-d heads with the sample runs' loss settings (spec 6.2, CUB):
+                           rho 1500 x 3, alphas 0.3, DaNCE temperature 0.01
+  diva_chosen              four 128-d heads with the flags of --chosen (a configuration chosen on
+                           validation classes; see the README)
   diva                     four 128-d heads + decorrelation (aux -> discriminative, rho --rho each)
   diva_rho1500             the same with the spec's rho 1500
   diva_no_selfsimilarity   DiVA without the DaNCE head   (shared, intra -> discriminative)
   diva_no_shared           DiVA without the shared head  (selfsimilarity, intra -> discriminative)
   diva_no_intra            DiVA without the intra head   (selfsimilarity, shared -> discriminative)
 
-Each trained run carves --val_fraction of the training classes as a validation split; the epoch is
-selected by validation R@1 of the run's primary embedding (the concatenation of all heads with equal
-weights, or the single head) and the TEST metrics of that epoch are reported. The test classes are
+Each trained run carves --val_fraction of the training classes as a validation split. Multi-head
+runs evaluate every head-weight combination of --combinations at every epoch; the (epoch,
+combination) pair with the best VALIDATION R@1 is selected (a single-head run selects its epoch) and
+the TEST metrics of that pair are reported. The test classes are
 never used for any choice. Each run is a fresh `python -m diva_tf.train` subprocess with its own
 workdir under --runs_dir (default runs/diva_vs_baseline); a run whose metrics.jsonl already holds
 its last epoch is skipped, so an interrupted benchmark resumes (an unfinished run resumes from its
 last checkpoint).
 
-Writes <out>/emoji_diva_vs_baseline.md and .json and prints the table.
+Writes <out>/<name>_diva_vs_baseline.md and .json (name = --name, default the dataset), prints the
+table, and with --readme replaces the block between `<!-- BENCHMARK_TABLE:<name> -->` and
+`<!-- /BENCHMARK_TABLE:<name> -->` in that file with it.
 """
 
 from __future__ import annotations
@@ -50,6 +59,12 @@ def _ablation(drop: str) -> list[str]:
             f"--diva_rho_decorrelation={','.join(['{rho}'] * len(aux))}"]
 
 
+PUBLISHED = ["--diva_features=" + ",".join(HEADS), "--diva_rho_decorrelation=1500,1500,1500",
+             "--diva_alpha_ssl=0.3", "--diva_alpha_shared=0.3", "--diva_alpha_intra=0.3",
+             "--diva_moco_temperature=0.01"]
+# Test-time head weights (HEADS order) tried on validation by every four-head row; equal first.
+COMBINATIONS = "1,1,1,1;1,0.5,0.5,0.5;0.5,1,1,1;1,1,1,0;1,1,0,1"
+
 # row name -> (description, extra train flags or None for the untrained rows)
 ROWS = {
     "gap": ("ImageNet pooled features (1280-d), no training", None),
@@ -57,6 +72,10 @@ ROWS = {
     "discriminative": ("Discriminative head only (512-d, margin + distance sampling)",
                        ["--diva_features=discriminative", "--embed_dim=512",
                         "--diva_rho_decorrelation="]),
+    "diva_published": ("DiVA, published settings (4x128, rho 1500, alphas 0.3, temperature 0.01)",
+                       PUBLISHED),
+    "diva_chosen": ("DiVA, chosen on validation (4x128: --chosen)",
+                    ["--diva_features=" + ",".join(HEADS), "{chosen}"]),
     "diva": ("DiVA (4x128 + decorrelation, rho --rho)",
              ["--diva_features=" + ",".join(HEADS),
               "--diva_rho_decorrelation={rho},{rho},{rho}"]),
@@ -72,13 +91,26 @@ TRAINED = [r for r, (_, flags) in ROWS.items() if flags is not None]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", default="data/emoji", help="prepared emoji folder")
+    p.add_argument("--data_dir", default="data/emoji", help="prepared emoji folder, or a class-folder "
+                   "dataset with --dataset=folder")
+    p.add_argument("--dataset", default="emoji", choices=("emoji", "folder"))
+    p.add_argument("--name", default="", help="stem of the result files and README block "
+                   "(default: the dataset)")
+    p.add_argument("--chosen", default="", help="train flags of the diva_chosen row, space-separated "
+                   "(write it with '=': --chosen='--diva_moco_temperature=0.1 ...')")
+    p.add_argument("--combinations", default=COMBINATIONS, help="';'-separated head weights "
+                   "(discriminative, selfsimilarity, shared, intra) evaluated by four-head rows; the "
+                   "one with the best validation R@1 is selected")
+    p.add_argument("--readme", default="", help="also write the table into this file's "
+                   "BENCHMARK_TABLE:<name> block")
     p.add_argument("--out", default="benchmarks/results", help="results folder (table + JSON)")
     p.add_argument("--runs_dir", default="runs/diva_vs_baseline",
                    help="workdirs of the runs (checkpoints: ~200 MB each; runs/ is gitignored)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--rows", default=",".join(ROWS), help="comma list out of " + ",".join(ROWS))
+    p.add_argument("--rows", default="gap,random_heads,discriminative,diva_published,diva_chosen",
+                   help="comma list out of " + ",".join(ROWS))
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--tau", type=int, default=0, help="lr step-decay epoch (0 = the flagfile's)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--bs", type=int, default=112)
     p.add_argument("--steps_per_epoch", type=int, default=0, help="0 = full pass (N_train / bs)")
@@ -99,7 +131,9 @@ def parse_args(argv=None):
 
 
 def common_flags(a) -> list[str]:
-    return [f"--flagfile={FLAGFILE}", f"--data_dir={a.data_dir}", "--backbone=efficientnet_lite0",
+    tau = [f"--tau={a.tau}"] if a.tau else []
+    return [f"--flagfile={FLAGFILE}", f"--dataset={a.dataset}", f"--data_dir={a.data_dir}", *tau,
+            "--backbone=efficientnet_lite0",
             "--backbone_weights=imagenet", f"--resize={a.image_size}", f"--crop={a.image_size}",
             f"--bs={a.bs}", f"--steps_per_epoch={a.steps_per_epoch}", f"--n_epochs={a.epochs}",
             f"--lr={a.lr}", f"--val_classes_fraction={a.val_fraction}", "--eval_every=1",
@@ -108,15 +142,15 @@ def common_flags(a) -> list[str]:
 
 def run_name(a, row: str) -> str:
     """Folder stem: rows with decorrelation carry their rho, so --rho variants never collide."""
-    if row == "diva_rho1500":
-        return "diva_rho1500"
+    if row in ("diva_rho1500", "diva_published", "diva_chosen"):
+        return row
     if row.startswith("diva"):
         return f"{row}_rho{a.rho:g}"
     return row
 
 
 def describe(a, row: str) -> str:
-    text = ROWS[row][0].replace("--rho", f"{a.rho:g}")
+    text = ROWS[row][0].replace("--rho", f"{a.rho:g}").replace("--chosen", a.chosen or "-")
     if row.startswith("diva_no_"):
         text = text.replace(")", f", rho {a.rho:g})")
     if a.extra and row in TRAINED:
@@ -141,6 +175,17 @@ def finished(workdir: str, epochs: int) -> bool:
                for r in read_metrics(workdir))
 
 
+def row_flags(a, row: str) -> list[str]:
+    """The row's train flags with --rho and --chosen filled in; four-head rows also evaluate
+    every head-weight combination of --combinations."""
+    flags = []
+    for f in ROWS[row][1]:
+        flags += a.chosen.split() if f == "{chosen}" else [f.replace("{rho}", f"{a.rho:g}")]
+    if f"--diva_features={','.join(HEADS)}" in flags and a.combinations:
+        flags.append(f"--eval_combinations={a.combinations}")
+    return flags
+
+
 def train(a, row: str, seed: int) -> float:
     """Runs (or resumes) one training run; returns its wall time in seconds."""
     workdir = run_dir(a, row, seed)
@@ -149,7 +194,7 @@ def train(a, row: str, seed: int) -> float:
         if os.path.exists(timing):
             return json.load(open(timing))["seconds"]
         return float("nan")
-    flags = [f.replace("{rho}", f"{a.rho:g}") for f in ROWS[row][1]]
+    flags = row_flags(a, row)
     cmd = [a.python, "-m", "diva_tf.train", *common_flags(a), *flags, *a.extra.split(),
            f"--seed={seed}", f"--workdir={workdir}"]
     os.makedirs(workdir, exist_ok=True)
@@ -167,21 +212,26 @@ def train(a, row: str, seed: int) -> float:
     return seconds
 
 
+def embedding_names(metrics: list[dict]) -> list[str]:
+    """The combined[...] embeddings when the run has several heads, else its single head."""
+    names = sorted({k.split("/")[1] for k in metrics[0] if k.startswith("test/")})
+    combined = [n for n in names if n.startswith("combined[")]
+    return combined or names
+
+
 def primary_name(metrics: list[dict]) -> str:
-    """combined[...] when the run has several heads, else its single head."""
-    names = {k.split("/")[1] for k in metrics[0] if k.startswith("test/")}
-    combined = sorted(n for n in names if n.startswith("combined["))
-    if combined:
-        return combined[0]
-    (name,) = names
-    return name
+    """Equal head weights when evaluated, else the run's first embedding."""
+    names = embedding_names(metrics)
+    equal = [n for n in names if set(n[len("combined["):-1].split(",")) == {"1"}]
+    return (equal or names)[0]
 
 
 def select(metrics: list[dict]) -> dict:
-    """Test metrics at the trained epoch with the best validation R@1 (earliest on ties)."""
-    emb = primary_name(metrics)
-    evaluated = [r for r in metrics if r["epoch"] > 0 and f"val/{emb}/recall@1" in r]
-    best = max(evaluated, key=lambda r: (r[f"val/{emb}/recall@1"], -r["epoch"]))
+    """Test metrics of the (trained epoch, embedding) with the best validation R@1 (earliest epoch,
+    then first name, on ties)."""
+    candidates = [(r, emb) for r in metrics if r["epoch"] > 0 for emb in embedding_names(metrics)
+                  if f"val/{emb}/recall@1" in r]
+    best, emb = max(candidates, key=lambda c: (c[0][f"val/{c[1]}/recall@1"], -c[0]["epoch"]))
     return {"epoch": best["epoch"], "embedding": emb, "val_recall@1": best[f"val/{emb}/recall@1"],
             **{m: best[f"test/{emb}/{m}"] for m in METRICS}}
 
@@ -191,6 +241,29 @@ def untrained(metrics: list[dict]) -> dict:
     r0 = next(r for r in metrics if r["epoch"] == 0)
     return {"epoch": 0, "embedding": emb, "val_recall@1": r0.get(f"val/{emb}/recall@1"),
             **{m: r0[f"test/{emb}/{m}"] for m in METRICS}}
+
+
+def paired_difference(per_seed: list[dict], baseline: list[dict], metric="recall@1") -> dict:
+    """Row minus baseline on the same seeds: mean and sample std of the per-seed differences."""
+    base = {r["seed"]: r[metric] for r in baseline}
+    diffs = [r[metric] - base[r["seed"]] for r in per_seed if r["seed"] in base]
+    mean, std = mean_std(diffs)
+    return {"n_seeds": len(diffs), "mean": mean, "std": std, "per_seed": diffs}
+
+
+def write_block(path: str, name: str, text: str) -> None:
+    """Replace the text between this benchmark's markers in `path` (appended when absent)."""
+    start, end = f"<!-- BENCHMARK_TABLE:{name} -->", f"<!-- /BENCHMARK_TABLE:{name} -->"
+    with open(path) as f:
+        content = f.read()
+    block = f"{start}\n{text.strip()}\n{end}"
+    if start in content and end in content:
+        head, rest = content.split(start, 1)
+        content = head + block + rest.split(end, 1)[1]
+    else:
+        content = content.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(content)
 
 
 def gap_eval(a, out_json: str) -> None:
@@ -254,8 +327,9 @@ def summarise(per_seed: list[dict], wall: list[float]) -> dict:
 
 
 def table(results: dict, a) -> str:
-    head = ("| row | seeds | R@1 | R@2 | R@4 | R@8 | NMI | MAP@R | val R@1 | sel. epoch | wall/run |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| row | seeds | R@1 | R@1 - baseline | R@2 | R@4 | R@8 | NMI | MAP@R | val R@1 | "
+            "sel. epoch | sel. head weights | wall/run |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for row, res in results.items():
         s = res["summary"]
@@ -265,9 +339,16 @@ def table(results: dict, a) -> str:
         for m in METRICS:
             mu, sd = s[m]["mean"], s[m]["std"]
             cells.append(f"{100 * mu:.2f} ± {100 * sd:.2f}")
+            if m == "recall@1":
+                d = res.get("minus_baseline")
+                cells.append(f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}"
+                             if d and d["n_seeds"] and row != "discriminative" else "–")
         mu, sd = s["val_recall@1"]["mean"], s["val_recall@1"]["std"]
         cells.append("–" if math.isnan(mu) else f"{100 * mu:.2f} ± {100 * sd:.2f}")
         cells.append("–" if row in ("gap", "random_heads") else f"{s['epoch']['mean']:.1f}")
+        picked = sorted({r["embedding"] for r in res["per_seed"]})
+        cells.append(" / ".join(p[len("combined["):-1] if p.startswith("combined[") else "–"
+                                for p in picked))
         w = s["wall_seconds"]["per_run_mean"]
         cells.append("–" if math.isnan(w) else f"{w:.0f} s")
         lines.append("| " + " | ".join(cells) + " |")
@@ -292,9 +373,9 @@ def main(argv=None) -> int:
     # Training order: the baseline and DiVA rows for every seed first, then the ablations, each
     # phase seed-major (an interrupted benchmark still has the main comparison, on equal seeds).
     to_train = [r for r in rows if r in TRAINED]
-    if "random_heads" in rows and "diva" not in to_train:
-        to_train.insert(0, "diva")  # random_heads = epoch 0 of the DiVA runs
-    core = [r for r in to_train if r in ("discriminative", "diva")]
+    if "random_heads" in rows and "diva_published" not in to_train:
+        to_train.insert(0, "diva_published")  # random_heads = epoch 0 of the DiVA runs
+    core = [r for r in to_train if r in ("discriminative", "diva_published", "diva_chosen", "diva")]
     ablations = [r for r in to_train if r.startswith("diva_no_")]
     rest = [r for r in to_train if r not in core + ablations]
     if not a.report_only:
@@ -312,7 +393,7 @@ def main(argv=None) -> int:
                 per_seed = [{**g, "seed": None}]
                 walls = [g["seconds"]]
         else:
-            src = "diva" if row == "random_heads" else row
+            src = "diva_published" if row == "random_heads" else row
             for seed in seeds:
                 metrics = read_metrics(run_dir(a, src, seed))
                 if not finished(run_dir(a, src, seed), a.epochs):
@@ -324,22 +405,33 @@ def main(argv=None) -> int:
                     walls.append(json.load(open(t))["seconds"] if os.path.exists(t) else float("nan"))
         results[row] = {"description": describe(a, row), "workdirs": run_name(a, row), "per_seed": per_seed,
                         "summary": summarise(per_seed, walls)}
+    baseline = results.get("discriminative", {}).get("per_seed", [])
+    for res in results.values():
+        res["minus_baseline"] = paired_difference(res["per_seed"], baseline) if baseline else None
     settings = {k: v for k, v in vars(a).items() if k not in ("gap_eval", "python", "report_only")}
     settings.update(backbone="efficientnet_lite0", backbone_weights="imagenet",
                     flagfile="configs/emoji.flags", seeds=seeds,
-                    selection="epoch with best val R@1 of the primary embedding; test metrics reported")
+                    selection="(epoch, head-weight combination) with the best val R@1; test "
+                              "metrics reported")
+    name = a.name or a.dataset
     md = table(results, a)
-    note = (f"\nemoji test split (792 classes x 4 vendors), efficientnet_lite0 ImageNet, "
-            f"{a.image_size}px, bs {a.bs}, {a.epochs} epochs, lr {a.lr:g}, seeds {a.seeds}; "
-            f"mean ± sample std over seeds, in %. Epoch selected on validation R@1 "
-            f"({a.val_fraction:g} of the training classes); test metrics at that epoch. The "
-            f"pooled-features row is deterministic (one evaluation). "
-            f"Multi-head rows: all heads concatenated with equal weights. wall/run = wall time "
-            f"of one training run (incl. start-up and per-epoch evaluation).\n")
+    what = ("emoji test split (792 classes x 4 vendors)" if a.dataset == "emoji"
+            else f"{name} test split ({os.path.basename(a.data_dir)}, class-disjoint)")
+    note = (f"\n{what}, efficientnet_lite0 ImageNet, {a.image_size}px, bs {a.bs}, {a.epochs} "
+            f"epochs, lr {a.lr:g}, seeds {a.seeds}; mean ± sample std over seeds, in %. "
+            f"R@1 - baseline: per-seed difference to the discriminative row, mean ± std. Epoch and "
+            f"(four-head rows) test-time head weights (discriminative, selfsimilarity, shared, "
+            f"intra) selected on validation R@1 ({a.val_fraction:g} of the training classes); "
+            f"test metrics at that choice. The pooled-features row is deterministic (one "
+            f"evaluation). wall/run = wall time of one training run (incl. start-up and "
+            f"per-epoch evaluation). Command: `python benchmarks/diva_vs_baseline.py "
+            f"{' '.join(sys.argv[1:])}`\n")
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "emoji_diva_vs_baseline.md"), "w") as f:
+    with open(os.path.join(a.out, f"{name}_diva_vs_baseline.md"), "w") as f:
         f.write(md + "\n" + note)
-    with open(os.path.join(a.out, "emoji_diva_vs_baseline.json"), "w") as f:
+    if a.readme:
+        write_block(a.readme, name, md + "\n" + note)
+    with open(os.path.join(a.out, f"{name}_diva_vs_baseline.json"), "w") as f:
         json.dump({"settings": settings, "rows": results,
                    "sum_of_run_wall_seconds": sum(r["summary"]["wall_seconds"]["total"]
                                                   for r in results.values() if r["per_seed"]),

@@ -22,6 +22,7 @@ from diva_tf.data.datasets import DATASETS
 from diva_tf.data.errors import DataError
 from diva_tf.data.sampler import SAMPLERS, Sampler
 from diva_tf.losses.registry import DISCRIMINATIVE_LOSSES
+from diva_tf.pooling import POOLINGS
 
 HEAD_NAMES = ("discriminative", "selfsimilarity", "shared", "intra")
 OPTIMIZERS = ("adam", "adamw")
@@ -74,6 +75,10 @@ class Config:
     diva_features: list = _f(list(HEAD_NAMES), "Heads to build, in order (1 to 4 of "
                              + ", ".join(HEAD_NAMES) + "). Spec default is discriminative only; "
                              "this tool defaults to DiVA's four.")
+    head_pooling: list = _f([], "Global pooling per head, in --diva_features order, or one value for "
+                            "all: " + " | ".join(POOLINGS) + " (default avg, as DiVA; max/gem give "
+                            "CGD-style multiple global descriptors).")
+    gem_p: float = _f(3.0, "Exponent p of generalized-mean (gem) pooling.")
     # ---- objectives -----------------------------------------------------------------------
     loss: str = _f("margin", "Discriminative-head loss: " + " | ".join(DISCRIMINATIVE_LOSSES))
     loss_margin_margin: float = _f(0.2, "Margin alpha of the margin loss.")
@@ -107,6 +112,9 @@ class Config:
     diva_moco_upper_cutoff: float = _f(1.4, "DaNCE distance upper cutoff.")
     diva_fixed: bool = _f(False, "DaNCE weights normalised per row (issue #3 fix) instead of over "
                           "the batch axis as published.")
+    diva_aux_discriminative: float = _f(0.0, "Beyond DiVA: weight of an extra discriminative margin "
+                                        "loss (own beta, distance sampling) on each auxiliary head; "
+                                        "0 = published DiVA.")
     # ---- optimisation ---------------------------------------------------------------------
     optimizer: str = _f("adam", "adam (coupled L2, as DiVA) | adamw (decoupled decay).")
     lr: float = _f(1e-5, "Network learning rate.")
@@ -138,6 +146,15 @@ class Config:
         """Default test-time weights for the configured heads (spec 2.4)."""
         full = DEFAULT_HEAD_WEIGHTS.get(self.dataset, (1.0,) * len(HEAD_NAMES))
         return tuple(full[HEAD_NAMES.index(h)] for h in self.diva_features)
+
+    @property
+    def poolings(self) -> tuple:
+        """Pooling of each configured head (avg unless --head_pooling says otherwise)."""
+        if not self.head_pooling:
+            return ("avg",) * len(self.diva_features)
+        if len(self.head_pooling) == 1:
+            return tuple(self.head_pooling) * len(self.diva_features)
+        return tuple(self.head_pooling)
 
     @property
     def decorrelation_directions(self) -> list:
@@ -178,6 +195,12 @@ class Config:
              and all(f in HEAD_NAMES for f in feats),
              f"--diva_features={','.join(feats)}: 1 to 4 distinct names out of {HEAD_NAMES}")
         need(self.embed_dim > 0, "--embed_dim must be positive")
+        need(len(self.head_pooling) in (0, 1, len(feats))
+             and all(p in POOLINGS for p in self.head_pooling),
+             f"--head_pooling={','.join(self.head_pooling)}: one value or one per head "
+             f"({len(feats)}) out of {', '.join(POOLINGS)}")
+        need(self.gem_p > 0, "--gem_p must be positive")
+        need(self.diva_aux_discriminative >= 0, "--diva_aux_discriminative must be >= 0")
         need(self.samples_per_class >= 2 or feats == ["selfsimilarity"],
              "--samples_per_class must be >= 2: the margin losses need a positive per anchor")
         for d in self.diva_decorrelations:

@@ -1,5 +1,8 @@
 """The DiVA embedding network (spec 2): backbone -> global average pooling -> one linear head per
-task, each L2-normalised. A Keras functional model taking float RGB images in 0..255."""
+task, each L2-normalised. A Keras functional model taking float RGB images in 0..255.
+
+`--head_pooling` may give a head max or GeM pooling instead (CGD-style descriptors); each kind of
+pooling is computed once and shared by the heads that use it."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from diva_tf.backbones import build_backbone, feature_dim
 from diva_tf.backbones.preprocessing import Normalize
 from diva_tf.config import Config
 from diva_tf.initializers import torch_dense
+from diva_tf.pooling import global_pooling
 
 
 def build_embedding_model(cfg: Config, weights: str | None = None, name: str = "diva") -> keras.Model:
@@ -22,12 +26,12 @@ def build_embedding_model(cfg: Config, weights: str | None = None, name: str = "
     images = keras.Input((None, None, 3), name="images")
     x = Normalize(mode, name="normalize")(images)
     x = backbone(x)
-    pooled = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
+    pooled = {kind: global_pooling(kind, cfg.gem_p)(x) for kind in dict.fromkeys(cfg.poolings)}
     fan_in = feature_dim(cfg.backbone)
     outputs = {}
-    for i, head in enumerate(cfg.diva_features):
+    for i, (head, kind) in enumerate(zip(cfg.diva_features, cfg.poolings)):
         seed = None if cfg.seed is None else cfg.seed * 101 + 2 * i
-        z = torch_dense(cfg.embed_dim, fan_in, name=f"head_{head}", seed=seed, dtype="float32")(pooled)
+        z = torch_dense(cfg.embed_dim, fan_in, name=f"head_{head}", seed=seed, dtype="float32")(pooled[kind])
         outputs[head] = keras.layers.UnitNormalization(axis=-1, name=head, dtype="float32")(z)
     return keras.Model(images, outputs, name=name)
 

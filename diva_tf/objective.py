@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from diva_tf import losses, miners
+from diva_tf import diagnostics, losses, miners
 
 MARGIN_TASKS = ("discriminative", "shared", "intra")
 
@@ -24,16 +24,18 @@ class DiVAObjective(keras.layers.Layer):
     beta_init (loss_margin_*), lower_cutoff (miner_distance_lower_cutoff), alpha_* (diva_alpha_*),
     ssl (diva_ssl), moco_temperature / moco_lower_cutoff / moco_upper_cutoff / fixed
     (diva_moco_*, diva_fixed), rhos ({direction: rho}, from decorrelation_directions and
-    diva_rho_decorrelation), decorrnet_dim and seed.
+    diva_rho_decorrelation), decorrnet_dim, seed and aux_discriminative
+    (diva_aux_discriminative: beyond DiVA, the weight of a class margin loss on each auxiliary head).
     """
 
     def __init__(self, *, heads, num_classes: int, embed_dim: int, loss: str, loss_args: dict,
                  margin: float, beta_init: float, lower_cutoff: float, alpha_ssl: float,
                  alpha_shared: float, alpha_intra: float, ssl: str, moco_temperature: float,
                  moco_lower_cutoff: float, moco_upper_cutoff: float, fixed: bool, rhos: dict,
-                 decorrnet_dim: int, seed: int, **kwargs):
+                 decorrnet_dim: int, seed: int, aux_discriminative: float = 0.0, **kwargs):
         super().__init__(name="objective", dtype="float32", **kwargs)
         self.num_classes = int(num_classes)
+        self.heads = list(heads)
         self.embed_dim = int(embed_dim)
         spec = losses.DISCRIMINATIVE_LOSSES[loss]
         self.discriminative_loss = spec.build(**loss_args)
@@ -44,10 +46,16 @@ class DiVAObjective(keras.layers.Layer):
                                weighted=ssl == "fast_moco")
         self.margin_tasks = [t for t in MARGIN_TASKS
                              if t in heads and (t != "discriminative" or "beta" in spec.params)]
+        # Beyond DiVA (aux_discriminative > 0): a class margin loss with its own betas on each
+        # auxiliary head, so that every head is also discriminative (an ABE/CGD-like ensemble).
+        self.aux_discriminative = float(aux_discriminative)
+        self.aux_disc_tasks = [f"{h}_disc" for h in heads
+                               if h != "discriminative" and self.aux_discriminative > 0]
+        self.aux_margin_loss = losses.DISCRIMINATIVE_LOSSES["margin"].build(margin=margin, lower_cutoff=lower_cutoff)
         self.betas = {
             t: self.add_weight(name=f"beta_{t}", shape=(self.num_classes,),
                                initializer=keras.initializers.Constant(beta_init))
-            for t in self.margin_tasks
+            for t in self.margin_tasks + self.aux_disc_tasks
         }
         self.rhos = dict(rhos)
         self.regressors = {
@@ -74,7 +82,8 @@ class DiVAObjective(keras.layers.Layer):
             moco_lower_cutoff=cfg.diva_moco_lower_cutoff,
             moco_upper_cutoff=cfg.diva_moco_upper_cutoff, fixed=cfg.diva_fixed,
             rhos=dict(zip(cfg.decorrelation_directions, cfg.diva_rho_decorrelation)),
-            decorrnet_dim=cfg.diva_decorrnet_dim, seed=cfg.seed)
+            decorrnet_dim=cfg.diva_decorrnet_dim, seed=cfg.seed,
+            aux_discriminative=cfg.diva_aux_discriminative)
 
     def build(self, input_shape=None):
         for reg in self.regressors.values():
@@ -118,8 +127,35 @@ class DiVAObjective(keras.layers.Layer):
             terms["selfsimilarity"] = self.alpha["selfsimilarity"] * losses.dance_loss(
                 embeddings["selfsimilarity"], tf.cast(keys, tf.float32), tf.cast(queue, tf.float32),
                 **self.dance_args)
+        for k, task in enumerate(self.aux_disc_tasks):
+            terms[task] = self.aux_discriminative * self.aux_margin_loss(
+                embeddings[task[:-len("_disc")]], labels, sub_seed(4 + k), {"beta": self.betas[task]})
         if self.rhos:
-            by_direction = {(src, tgt): self.regressors[f"{src}-{tgt}"] for src, tgt in self.rhos}
-            terms["decorrelation"] = losses.directions_loss(embeddings, by_direction, self.rhos)
+            terms["decorrelation"] = losses.directions_loss(embeddings, self._by_direction(), self.rhos)
         total = tf.add_n(list(terms.values()))
         return total, terms
+
+    def _by_direction(self) -> dict:
+        return {(src, tgt): self.regressors[f"{src}-{tgt}"] for src, tgt in self.rhos}
+
+    def log_names(self) -> list:
+        """Names of the loss terms and statistics a step reports, in a stable order."""
+        names = [t for t in ("discriminative", "selfsimilarity", "shared", "intra")
+                 if t in self.heads] + self.aux_disc_tasks
+        if self.rhos:
+            names.append("decorrelation")
+        if "selfsimilarity" in self.heads:
+            names += list(diagnostics.DANCE_STATISTICS)
+        return names + [diagnostics.correlation_name(s, t) for s, t in self.rhos]
+
+    def statistics(self, embeddings: dict, keys=None, queue=None) -> dict:
+        """Diagnostics of this step's auxiliary tasks (`diva_tf.diagnostics`), without gradient."""
+        embeddings = {k: tf.stop_gradient(tf.cast(v, tf.float32)) for k, v in embeddings.items()}
+        stats = {}
+        if "selfsimilarity" in embeddings and keys is not None:
+            stats.update(diagnostics.dance_statistics(
+                embeddings["selfsimilarity"], tf.cast(keys, tf.float32), tf.cast(queue, tf.float32),
+                **self.dance_args))
+        if self.rhos:
+            stats.update(diagnostics.decorrelation_statistics(embeddings, self._by_direction()))
+        return stats

@@ -110,12 +110,8 @@ class DiVATrainer(keras.Model):
         return self._loss_trackers[name]
 
     def init_trackers(self) -> None:
-        """Create loss trackers eagerly (so `metrics` lists them before the first step)."""
-        names = ["loss"] + [t for t in ("discriminative", "selfsimilarity", "shared", "intra")
-                            if t in self.cfg.diva_features]
-        if self.objective.rhos:
-            names.append("decorrelation")
-        for n in names:
+        """Create loss and diagnostic trackers eagerly (so `metrics` lists them before the first step)."""
+        for n in ["loss"] + self.objective.log_names():
             self._mean_tracker(n)
 
     @property
@@ -128,14 +124,15 @@ class DiVATrainer(keras.Model):
         return tf.stack([tf.constant(self.cfg.seed, tf.int64), step])
 
     def compute_objective(self, view1, view2, labels, training_mode: bool):
-        """Global-batch objective for this replica's slice; returns (total, terms, global keys)."""
+        """Global-batch objective for this replica's slice; returns (total, terms, global keys,
+        diagnostics)."""
         keys = None
         if self.use_keys:
             keys = tf.stop_gradient(_gather(self.key_encoder(view2, training=False)["selfsimilarity"]))
         embs = {k: _gather(v) for k, v in self.embedder(view1, training=training_mode).items()}
-        total, terms = self.objective(embs, _gather(labels), self._seed(), keys,
-                                      self.queue if self.use_keys else None)
-        return total, terms, keys
+        queue = self.queue if self.use_keys else None
+        total, terms = self.objective(embs, _gather(labels), self._seed(), keys, queue)
+        return total, terms, keys, self.objective.statistics(embs, keys, queue)
 
     def compute_gradients(self, view1, view2, labels):
         """This replica's gradients per group (coupled L2 included), before the all-reduce.
@@ -146,8 +143,8 @@ class DiVATrainer(keras.Model):
         groups = {g: v for g, v in self.variable_groups().items() if v}
         flat_vars = [v for vs in groups.values() for v in vs]
         with tf.GradientTape() as tape:
-            total, terms, keys = self.compute_objective(view1, view2, labels,
-                                                        training_mode=not self.cfg.frozen_bn)
+            total, terms, keys, stats = self.compute_objective(view1, view2, labels,
+                                                               training_mode=not self.cfg.frozen_bn)
             scaled = total / replicas
         flat_grads = tape.gradient(scaled, flat_vars)
         grads, start = {}, 0
@@ -157,7 +154,7 @@ class DiVATrainer(keras.Model):
             if group == "network" and self.cfg.optimizer == "adam":
                 g = add_coupled_l2(g, variables, self.cfg.decay / replicas)
             grads[group] = (g, variables)
-        return grads, total, terms, keys
+        return grads, total, {**terms, **stats}, keys
 
     def train_step(self, data):
         view1, view2, labels = data

@@ -111,7 +111,7 @@ def test_mixed_precision_keeps_losses_and_embeddings_float32():
         assert t.embedder.get_layer("tiny").compute_dtype == "bfloat16"
         out = t.embedder(batch[0])
         assert all(v.dtype == tf.float32 for v in out.values())
-        total, terms, _ = t.compute_objective(*batch, training_mode=False)
+        total, terms, *_ = t.compute_objective(*batch, training_mode=False)
         assert total.dtype == tf.float32 and all(v.dtype == tf.float32 for v in terms.values())
         hist = t.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1, verbose=0)
         assert np.isfinite(hist.history["loss"][0])

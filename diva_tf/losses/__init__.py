@@ -10,7 +10,9 @@ import importlib
 from diva_tf.losses.registry import DISCRIMINATIVE_LOSSES, DiscriminativeLoss
 
 _MODULE_OF = {
+    "dance_logits": "dance",
     "dance_loss": "dance",
+    "dance_row_losses": "dance",
     "dance_weights": "dance",
     "build_regressor": "decorrelation",
     "correlation": "decorrelation",

@@ -31,13 +31,12 @@ def dance_weights(similarities, dim, lower_cutoff=0.5, upper_cutoff=1.4, fixed=F
     return tf.nn.softmax(log_w, axis=-1 if fixed else 0)
 
 
-def dance_loss(queries, keys, queue, temperature, lower_cutoff=0.5, upper_cutoff=1.4, fixed=False,
-               weighted=True):
-    """Mean cross-entropy of z_b = [q_b.k_b, W_b1 q_b.Q_1, ..., W_bM q_b.Q_M] / temperature, target 0.
+def dance_logits(queries, keys, queue, temperature, lower_cutoff=0.5, upper_cutoff=1.4, fixed=False,
+                 weighted=True):
+    """z_b = [q_b.k_b, W_b1 q_b.Q_1, ..., W_bM q_b.Q_M] / temperature, [B, 1 + M] (spec 4.5 step 5).
 
     queries [B, D] (with gradient), keys [B, D] and queue [M, D] (constants) are unit-norm. The weights
-    multiply the similarity logits themselves (spec 4.5 step 5). weighted=False is plain MoCo
-    (`criteria/moco.py`).
+    multiply the similarity logits themselves. weighted=False is plain MoCo (`criteria/moco.py`).
     """
     keys = tf.cast(tf.stop_gradient(keys), queries.dtype)
     queue = tf.cast(tf.stop_gradient(queue), queries.dtype)
@@ -46,6 +45,17 @@ def dance_loss(queries, keys, queue, temperature, lower_cutoff=0.5, upper_cutoff
     if weighted:
         dim = tf.shape(queries)[-1]
         negative = negative * dance_weights(negative, dim, lower_cutoff, upper_cutoff, fixed)
-    logits = tf.concat([positive, negative], axis=-1) / cast_to(temperature, queries.dtype)
-    return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=-1) - logits[:, 0])
+    return tf.concat([positive, negative], axis=-1) / cast_to(temperature, queries.dtype)
+
+
+def dance_row_losses(logits):
+    """Cross-entropy of each row of `dance_logits` with target index 0, [B]."""
+    return tf.reduce_logsumexp(logits, axis=-1) - logits[:, 0]
+
+
+def dance_loss(queries, keys, queue, temperature, lower_cutoff=0.5, upper_cutoff=1.4, fixed=False,
+               weighted=True):
+    """Mean over the batch of `dance_row_losses(dance_logits(...))`."""
+    logits = dance_logits(queries, keys, queue, temperature, lower_cutoff, upper_cutoff, fixed, weighted)
+    return tf.reduce_mean(dance_row_losses(logits))
 

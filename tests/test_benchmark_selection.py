@@ -1,0 +1,70 @@
+"""benchmarks/diva_vs_baseline.py: model selection on validation only, paired differences, and the
+README block it writes (hand-worked examples)."""
+
+import importlib.util
+import os
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "diva_vs_baseline.py")
+_spec = importlib.util.spec_from_file_location("diva_vs_baseline", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def _record(epoch, **scores):
+    """scores: {embedding: (val R@1, test R@1)}."""
+    r = {"epoch": epoch}
+    for emb, (val, test) in scores.items():
+        r[f"val/{emb}/recall@1"] = val
+        for m in bench.METRICS:
+            r[f"test/{emb}/{m}"] = test if m == "recall@1" else 0.0
+    return r
+
+
+def test_select_picks_epoch_and_head_weights_by_validation_not_test():
+    eq, low = "combined[1,1,1,1]", "combined[1,0.5,0.5,0.5]"
+    metrics = [
+        _record(0, **{eq: (0.9, 0.9), low: (0.9, 0.9)}),  # untrained: never selected
+        _record(1, **{eq: (0.50, 0.80), low: (0.60, 0.10)}),
+        _record(2, **{eq: (0.55, 0.99), low: (0.60, 0.20)}),  # ties epoch 1 on val: earlier wins
+        _record(3, **{"discriminative": (0.99, 0.99), eq: (0.40, 0.40), low: (0.41, 0.41)}),
+    ]
+    got = bench.select(metrics)
+    assert (got["epoch"], got["embedding"], got["recall@1"]) == (1, low, 0.10)
+    assert bench.primary_name(metrics) == eq
+    assert bench.untrained(metrics)["recall@1"] == 0.9
+
+
+def test_single_head_runs_select_their_head():
+    metrics = [_record(0, discriminative=(0.1, 0.1)), _record(1, discriminative=(0.3, 0.4)),
+               _record(2, discriminative=(0.2, 0.5))]
+    got = bench.select(metrics)
+    assert (got["epoch"], got["embedding"], got["recall@1"]) == (1, "discriminative", 0.4)
+
+
+def test_paired_difference_uses_matching_seeds():
+    base = [{"seed": 0, "recall@1": 0.50}, {"seed": 1, "recall@1": 0.52}, {"seed": 2, "recall@1": 0.40}]
+    row = [{"seed": 0, "recall@1": 0.53}, {"seed": 1, "recall@1": 0.53}]
+    d = bench.paired_difference(row, base)
+    assert d["n_seeds"] == 2 and d["per_seed"] == pytest.approx([0.03, 0.01])
+    assert d["mean"] == pytest.approx(0.02) and d["std"] == pytest.approx(0.02 ** 0.5 * 0.1)
+
+
+def test_write_block_replaces_only_its_own_markers(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("intro\n<!-- BENCHMARK_TABLE:emoji -->\nold\n<!-- /BENCHMARK_TABLE:emoji -->\nend\n")
+    bench.write_block(str(path), "emoji", "| new |")
+    bench.write_block(str(path), "glyphs", "| other |")
+    assert path.read_text() == ("intro\n<!-- BENCHMARK_TABLE:emoji -->\n| new |\n"
+                                "<!-- /BENCHMARK_TABLE:emoji -->\nend\n\n"
+                                "<!-- BENCHMARK_TABLE:glyphs -->\n| other |\n"
+                                "<!-- /BENCHMARK_TABLE:glyphs -->\n")
+
+
+def test_row_flags_fill_in_chosen_flags_and_head_weight_combinations():
+    a = bench.parse_args(["--chosen=--diva_moco_temperature=0.1 --diva_fixed=true"])
+    flags = bench.row_flags(a, "diva_chosen")
+    assert flags[1:3] == ["--diva_moco_temperature=0.1", "--diva_fixed=true"]
+    assert flags[-1] == f"--eval_combinations={bench.COMBINATIONS}"
+    assert not any(f.startswith("--eval_combinations") for f in bench.row_flags(a, "discriminative"))
