@@ -137,6 +137,7 @@ def common_flags(a) -> list[str]:
             "--backbone_weights=imagenet", f"--resize={a.image_size}", f"--crop={a.image_size}",
             f"--bs={a.bs}", f"--steps_per_epoch={a.steps_per_epoch}", f"--n_epochs={a.epochs}",
             f"--lr={a.lr}", f"--val_classes_fraction={a.val_fraction}", "--eval_every=1",
+            "--eval_test=val_improved",
             f"--diva_moco_n_key_batches={a.moco_n_key_batches}", "--keep_checkpoints=1"]
 
 
@@ -287,7 +288,7 @@ def gap_eval(a, out_json: str) -> None:
     embs, labels = embed_dataset(lambda x: {"gap": pooled(x, training=False)},
                                  data.eval_dataset(splits.test, cfg), verbose=False)
     feats = embs["gap"] / np.linalg.norm(embs["gap"], axis=1, keepdims=True).clip(1e-12)
-    # k-means with the number of training classes (incl. validation), as diva_tf.evaluator does.
+    # k-means with the number of training classes (incl. validation), as the in-run evaluator does.
     n_clusters = splits.train.num_classes + (splits.val.num_classes if splits.val else 0)
     scores = evaluate_embedding(feats, labels, n_clusters=n_clusters, dataset="emoji",
                                 seed=FAISS_DEFAULT_SEED)

@@ -47,7 +47,7 @@ class EpochEnd(keras.callbacks.Callback):
             record[f"beta_mean/{task}"] = float(np.mean(beta.numpy()))
         improved = False
         if self._due(done):
-            scores = self.evaluator(self.trainer.embedder)
+            scores = self.evaluator(self.trainer.embedder, force_test=done == self.cfg.n_epochs)
             record.update(scores)
             key = self.evaluator.selection_key
             if key in scores and scores[key] > float(self.state["best"].numpy()):

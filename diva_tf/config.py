@@ -27,6 +27,7 @@ from diva_tf.pooling import POOLINGS
 HEAD_NAMES = ("discriminative", "selfsimilarity", "shared", "intra")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("step", "cosine")
+EVAL_TEST = ("always", "val_improved")
 STRATEGIES = ("auto", "mirrored", "multiworker", "default")
 
 # Test-time head weights behind the published numbers (spec 2.4), in HEAD_NAMES order.
@@ -132,6 +133,10 @@ class Config:
     eval_batch_size: int = _f(128, "Batch size for embedding the evaluation splits.")
     eval_combinations: list = _f([], "Head-weight combinations to evaluate, e.g. "
                                  "'0.5,1,1,1' (default: the dataset's published weights).")
+    eval_test: str = _f("always", "always: evaluate the test split at every evaluation | "
+                        "val_improved: with a validation split, only when some embedding's "
+                        "validation R@1 improves, and at the last epoch (what a validation-based "
+                        "selection needs, for less compute).")
     recall_k: list = _f([], "Recall@k values (default 1,2,4,8; SOP 1,10,100,1000).")
     keep_checkpoints: int = _f(3, "Checkpoints kept by the CheckpointManager.")
     strategy: str = _f("auto", " | ".join(STRATEGIES) + " (auto: MultiWorker if TF_CONFIG names "
@@ -223,6 +228,7 @@ class Config:
         for combo in self.eval_combinations:
             parse_weights(combo, len(feats))
         need(all(int(k) > 0 for k in self.recall_k), "--recall_k values must be positive")
+        need(self.eval_test in EVAL_TEST, f"--eval_test={self.eval_test!r}: choose one of {', '.join(EVAL_TEST)}")
         lookup(DATASETS, "dataset", self.dataset, "dataset", ConfigError)
         return self
 

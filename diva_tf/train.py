@@ -20,7 +20,7 @@ define_flags()
 # Fields that may change between a run and its resumption without changing what is trained.
 RESUMABLE_CHANGES = {"n_epochs", "eval_every", "keep_checkpoints", "eval_batch_size", "strategy",
                      "jit_compile", "data_dir", "tfds_data_dir", "workdir", "eval_combinations",
-                     "recall_k", "cache_images"}
+                     "recall_k", "cache_images", "eval_test"}
 
 
 def check_resume_compatible(saved: Config, cfg: Config) -> None:

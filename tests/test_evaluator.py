@@ -64,3 +64,22 @@ def test_scores_match_a_numpy_recomputation(setup):
             want = refm.retrieval(emb, labels, [1, 2])
             for metric in ("recall@1", "recall@2", "map@r"):
                 assert scores[f"{name}/{emb_name}/{metric}"] == pytest.approx(want[metric], abs=1e-9)
+
+
+def test_val_improved_embeds_the_test_split_only_when_selection_could_pick_the_epoch(setup, monkeypatch):
+    cfg, splits = setup
+    evaluator = Evaluator(cfg.replace(eval_test="val_improved"), splits)
+    val_r1 = iter([0.5, 0.4, 0.6, 0.6, 0.3])  # hand-worked: improves at calls 1 and 3 only
+    calls = []
+
+    def fake_score(embed, name):
+        calls.append(name)
+        return {f"{name}/combined[1,1,1,1]/recall@1": next(val_r1) if name == "val" else 0.0}
+
+    monkeypatch.setattr(evaluator, "_score", fake_score)
+    model = build_embedding_model(cfg)
+    got = [sorted({k.split("/")[0] for k in evaluator(model, force_test=i == 4)}) for i in range(5)]
+    assert got == [["test", "val"], ["val"], ["test", "val"], ["val"], ["test", "val"]]
+    assert calls.count("test") == 3
+    always = Evaluator(cfg, splits)
+    assert always.test_always and not evaluator.test_always

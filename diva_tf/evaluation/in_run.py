@@ -4,6 +4,11 @@ embedder, score each head and the weighted combinations, and name the selection 
 Model selection uses R@1 of the primary embedding (the dataset's published head weights, or the
 first --eval_combinations entry) on the validation split when one is carved from the training
 classes, else on the test split as DiVA does (spec 7.1).
+
+With a validation split and `--eval_test=val_improved`, the test split is embedded only when some
+embedding's validation R@1 beats its best so far (and when asked, e.g. at the last epoch): every
+(epoch, embedding) that a validation-based selection can pick then has its test metrics, at a
+fraction of the cost of embedding the test split every epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class Evaluator:
                    else self.heads[0])
         self.selection_key = f"{'val' if 'val' in self.splits else 'test'}/{primary}/recall@1"
         self.primary = primary
+        self.test_always = cfg.eval_test == "always" or "val" not in self.splits
+        self._best_val = {}
         self._embed, self._embed_model = None, None
 
     def embed_function(self, model):
@@ -44,20 +51,29 @@ class Evaluator:
             self._embed_model = model
         return self._embed
 
-    def __call__(self, model) -> dict:
+    def _score(self, embed, name: str) -> dict:
+        embs, labels = embed_dataset(embed, data.eval_dataset(self.splits[name], self.cfg), verbose=False)
+        results = evaluate_embeddings(
+            embs, labels, heads=self.heads, combinations=self.combinations,
+            recall_k=self.cfg.recall_k or None, n_clusters=self.n_clusters,
+            dataset=self.cfg.dataset, seed=FAISS_DEFAULT_SEED)
+        return {f"{name}/{emb_name}/{metric}": float(value)
+                for emb_name, metrics in results.items() for metric, value in metrics.items()
+                if isinstance(value, (int, float))}
+
+    def __call__(self, model, force_test: bool = False) -> dict:
         """Flat {"<split>/<embedding>/<metric>": value}."""
         embed = self.embed_function(model)
-        scores = {}
-        for name, split in self.splits.items():
-            embs, labels = embed_dataset(embed, data.eval_dataset(split, self.cfg), verbose=False)
-            results = evaluate_embeddings(
-                embs, labels, heads=self.heads, combinations=self.combinations,
-                recall_k=self.cfg.recall_k or None, n_clusters=self.n_clusters,
-                dataset=self.cfg.dataset, seed=FAISS_DEFAULT_SEED)
-            for emb_name, metrics in results.items():
-                for metric, value in metrics.items():
-                    if isinstance(value, (int, float)):
-                        scores[f"{name}/{emb_name}/{metric}"] = float(value)
+        if self.test_always:
+            return {k: v for name in self.splits for k, v in self._score(embed, name).items()}
+        scores = self._score(embed, "val")
+        improved = False
+        for key, value in scores.items():
+            if key.endswith("/recall@1") and value > self._best_val.get(key, -1.0):
+                self._best_val[key] = value
+                improved = True
+        if improved or force_test:
+            scores.update(self._score(embed, "test"))
         return scores
 
     def summary(self, scores: dict) -> str:
