@@ -98,7 +98,7 @@ def run(cfg: Config) -> dict:
     evaluator = Evaluator(cfg, splits)
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(state["epoch"]))
+        logging.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(state["epoch"].numpy()))
     start = int(state["epoch"].numpy())
     run_log.truncate_after(start)
     if start == 0:
