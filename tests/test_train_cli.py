@@ -84,6 +84,7 @@ def test_saved_weights_reload_through_workdir(full_run):
     assert set(out) == set(cfg.diva_features)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_exactly(folder_data, full_run, tmp_path):
     """Kill after the first checkpoint; the rerun continues the same loss curve, no epoch lost."""
     workdir = str(tmp_path / "killed")
@@ -126,6 +127,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_two_local_workers_train_with_tf_config(folder_data, tmp_path):
     workdir = str(tmp_path / "mw")
     hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
