@@ -111,6 +111,23 @@ def test_sigkill_then_rerun_resumes_exactly(folder_data, full_run, tmp_path):
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["epoch"], key)
 
 
+def test_extending_a_run_resumes_under_the_default_mirrored_strategy(folder_data, full_run, tmp_path):
+    """The default strategy (auto: MirroredStrategy) holds the run state in mirrored variables;
+    rerunning with more epochs (and test evaluation only on validation gains) continues the run:
+    its epochs are those of the same run trained in one go."""
+    workdir = str(tmp_path / "extended")
+    first = _train(_flags(folder_data, workdir, strategy="auto", n_epochs=2, val_classes_fraction=0.25))
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out
+    again = _train(_flags(folder_data, workdir, strategy="auto", n_epochs=3, val_classes_fraction=0.25,
+                          eval_test="val_improved"))
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    assert "resumed from" in out and "(epoch 2)" in out
+    assert [r["epoch"] for r in _records(workdir)] == [0, 1, 2, 3]
+    assert "test/combined[1,1,1,1]/recall@1" in _records(workdir)[-1]  # always at the last epoch
+
+
 def test_other_flags_on_an_existing_workdir_are_refused(folder_data, full_run):
     p = _train(_flags(folder_data, full_run[0], lr=0.5))
     out, _ = p.communicate(timeout=300)
