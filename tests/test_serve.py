@@ -171,13 +171,19 @@ COLUMNAR_BODIES = {  # id -> body of a columnar-format request
 }
 
 
+def _predict(server, loaded, images, make_body, version):
+    """(reply of a 200 :predict with make_body(encoded images), the SavedModel's direct outputs)."""
+    encoded = list(images.values())
+    status, reply = request(url(server, version, ":predict"), make_body(encoded))
+    assert status == 200, reply
+    return reply, direct(loaded, version or max(VERSIONS), image_bytes=np.array(encoded, object))
+
+
 @pytest.mark.parametrize("version", [None, 1])
 @pytest.mark.parametrize("body_id", list(ROW_BODIES))
 def test_predict_row_format_equals_the_savedmodel(server, loaded, images, body_id, version):
+    reply, want = _predict(server, loaded, images, ROW_BODIES[body_id], version)
     encoded = list(images.values())
-    status, reply = request(url(server, version, ":predict"), ROW_BODIES[body_id](encoded))
-    assert status == 200, reply
-    want = direct(loaded, version or max(VERSIONS), image_bytes=np.array(encoded, object))
     assert list(reply) == ["predictions"] and len(reply["predictions"]) == len(encoded)
     for row in reply["predictions"]:  # several outputs: one object per example, keyed by output
         assert set(row) == set(want)
@@ -189,10 +195,7 @@ def test_predict_row_format_equals_the_savedmodel(server, loaded, images, body_i
 @pytest.mark.parametrize("version", [None, 1])
 @pytest.mark.parametrize("body_id", list(COLUMNAR_BODIES))
 def test_predict_columnar_format_equals_the_savedmodel(server, loaded, images, body_id, version):
-    encoded = list(images.values())
-    status, reply = request(url(server, version, ":predict"), COLUMNAR_BODIES[body_id](encoded))
-    assert status == 200, reply
-    want = direct(loaded, version or max(VERSIONS), image_bytes=np.array(encoded, object))
+    reply, want = _predict(server, loaded, images, COLUMNAR_BODIES[body_id], version)
     assert list(reply) == ["outputs"] and set(reply["outputs"]) == set(want)
     for name, value in want.items():
         np.testing.assert_allclose(np.array(reply["outputs"][name], np.float32), value, rtol=0, atol=1e-6)

@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from absl import logging
@@ -62,31 +63,10 @@ class FontSpec:
 # (from Droid Sans Fallback), Klee One (LXGW WenKai is derived from it), VL Gothic and Ume Gothic
 # (Sazanami kanji). Default set: 12 designs whose common drawn coverage is 5,534 characters
 # (kiloji's cmap lists 12,204 but some of those glyphs are empty; read_cmap drops them).
-FONTS = {f.name: f for f in [
-    FontSpec("noto_sans", "fonts-noto-cjk", "NotoSansCJK-Regular.ttc", 0,
-             "Gothic (Noto Sans CJK JP)"),
-    FontSpec("noto_serif", "fonts-noto-cjk", "NotoSerifCJK-Regular.ttc", 0,
-             "Mincho (Noto Serif CJK JP)"),
-    FontSpec("wqy_zenhei", "fonts-wqy-zenhei", "wqy-zenhei.ttc", 0, "Hei (WenQuanYi Zen Hei)"),
-    FontSpec("ar_uming", "fonts-arphic-uming", "uming.ttc", 0, "Ming (AR PL UMing CN)"),
-    FontSpec("ar_ukai", "fonts-arphic-ukai", "ukai.ttc", 0, "Kai (AR PL UKai CN)"),
-    FontSpec("lxgw_wenkai", "fonts-lxgw-wenkai", "LXGWWenKai-Regular.ttf", 0,
-             "Kai, pen (LXGW WenKai)"),
-    FontSpec("cwtex_kai", "fonts-cwtex-kai", "cwkai.ttf", 0, "Kai, brush (cwTeX Q Kai)"),
-    FontSpec("cwtex_fangsong", "fonts-cwtex-fs", "cwfs.ttf", 0, "FangSong (cwTeX Q FangSong)"),
-    FontSpec("cwtex_yuan", "fonts-cwtex-yen", "cwyen.ttf", 0, "Yuan, rounded (cwTeX Q Yuan)"),
-    FontSpec("ipa_mincho", "fonts-ipafont-mincho", "ipam.ttf", 0, "Mincho (IPA Mincho)"),
-    FontSpec("kiloji", "fonts-kiloji", "kiloji.ttf", 0, "handwriting (kiloji)"),
-    FontSpec("seto", "fonts-seto", "setofont.ttf", 0, "handwriting (Seto)"),
-    # Not in the default set: further designs, usable with --fonts.
-    FontSpec("cwtex_heibold", "fonts-cwtex-heib", "cwheib.ttf", 0, "Hei bold (cwTeX Q Hei Bold)"),
-    FontSpec("cwtex_ming", "fonts-cwtex-ming", "cwming.ttf", 0, "Ming (cwTeX Q Ming)"),
-    FontSpec("hanazono", "fonts-hanazono", "HanaMinA.ttf", 0, "Mincho (Hanazono Mincho A)"),
-    FontSpec("droid_fallback", "fonts-droid-fallback", "DroidSansFallbackFull.ttf", 0,
-             "Gothic (Droid Sans Fallback)"),
-    FontSpec("konatu", "fonts-konatu", "Konatu.ttf", 0, "pop (Konatu)"),
-    FontSpec("motoya_maru", "fonts-motoya-l-maruberi", "MTLmr3m.ttf", 0, "rounded (Motoya L Maru)"),
-]}
+# The font table (Debian package, file, face, style) is data: glyph_fonts.json next to this file;
+# its first 12 entries are DEFAULT_FONTS, the rest are usable with --fonts.
+FONTS = {f["name"]: FontSpec(**f) for f in json.loads(
+    (Path(__file__).with_name("glyph_fonts.json")).read_text(encoding="utf-8"))}
 DEFAULT_FONTS = ("noto_sans", "noto_serif", "wqy_zenhei", "ar_uming", "ar_ukai", "lxgw_wenkai",
                  "cwtex_kai", "cwtex_fangsong", "cwtex_yuan", "ipa_mincho", "kiloji", "seto")
 DEFAULT_CLASSES = 1000
