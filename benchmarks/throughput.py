@@ -334,6 +334,22 @@ def compare_row(trees, spec_row: str, lead: str, args, peak: float, matmul: floa
               f"{f' (median of {args.pairs} pairs)' if args.pairs > 1 else ''}", flush=True)
 
 
+class _Tee:
+    """stdout that also goes to a file (the committed raw output of a run)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+            s.flush()
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbones", default="tiny:64,mobilenet_v3_small:112,efficientnet_lite0:64",
@@ -350,6 +366,8 @@ def main():
                     help="with --baseline: run each row this many times per tree, alternating")
     ap.add_argument("--fused_bn", action="store_true",
                     help="instead: Keras BN vs fused BN, alternating in one process per backbone")
+    ap.add_argument("--out", default="", help="also write everything printed to this file (commit "
+                    "it next to the README table it backs, e.g. benchmarks/results/throughput/)")
     ap.add_argument("--row", default="", help=argparse.SUPPRESS)
     ap.add_argument("--fused_bn_row", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -369,6 +387,10 @@ def main():
         name, size, precision = args.fused_bn_row.split(":")
         print(json.dumps(bench_fused_bn(name, int(size), precision, args)))
         return
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        sys.stdout = _Tee(sys.stdout, open(args.out, "w"))
+        print(f"# {' '.join(sys.argv)}  ({time.strftime('%Y-%m-%d %H:%M')})")
     if args.fused_bn:
         fused_bn_table(args)
         return
