@@ -103,13 +103,14 @@ def parse_args(argv=None):
                    "one with the best validation R@1 is selected")
     p.add_argument("--readme", default="", help="also write the table into this file's "
                    "BENCHMARK_TABLE:<name> block")
-    p.add_argument("--out", default="benchmarks/results", help="results folder (table + JSON)")
-    p.add_argument("--runs_dir", default="runs/diva_vs_baseline",
-                   help="workdirs of the runs (checkpoints: ~200 MB each; runs/ is gitignored)")
+    p.add_argument("--out", default="benchmarks/results/issue12", help="results folder (table + JSON)")
+    p.add_argument("--runs_dir", default="", help="workdirs of the runs (default <out>/runs/<name>: "
+                   "their metrics.jsonl, config.json and wall_time.json are committed so finished "
+                   "runs are skipped on any machine; checkpoints, TensorBoard and logs are gitignored)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--rows", default="gap,random_heads,discriminative,diva_published,diva_chosen",
                    help="comma list out of " + ",".join(ROWS))
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--tau", type=int, default=0, help="lr step-decay epoch (0 = the flagfile's)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--bs", type=int, default=112)
@@ -278,7 +279,7 @@ def gap_eval(a, out_json: str) -> None:
     from diva_tf.model import build_embedding_model
 
     t0 = time.time()
-    cfg = Config(dataset="emoji", data_dir=a.data_dir, backbone="efficientnet_lite0",
+    cfg = Config(dataset=a.dataset, data_dir=a.data_dir, backbone="efficientnet_lite0",
                  backbone_weights="imagenet", resize=a.image_size, crop=a.image_size,
                  diva_features=["discriminative"], diva_rho_decorrelation=[],
                  val_classes_fraction=a.val_fraction, seed=0).validate()
@@ -290,7 +291,7 @@ def gap_eval(a, out_json: str) -> None:
     feats = embs["gap"] / np.linalg.norm(embs["gap"], axis=1, keepdims=True).clip(1e-12)
     # k-means with the number of training classes (incl. validation), as the in-run evaluator does.
     n_clusters = splits.train.num_classes + (splits.val.num_classes if splits.val else 0)
-    scores = evaluate_embedding(feats, labels, n_clusters=n_clusters, dataset="emoji",
+    scores = evaluate_embedding(feats, labels, n_clusters=n_clusters, dataset=a.dataset,
                                 seed=FAISS_DEFAULT_SEED)
     result = {"epoch": 0, "embedding": f"gap[{feats.shape[1]}]", "val_recall@1": None,
               **{m: float(scores[m]) for m in METRICS}, "seconds": time.time() - t0}
@@ -303,7 +304,7 @@ def run_gap(a) -> dict:
     if not os.path.exists(path) and not a.report_only:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         print(f"[{time.strftime('%H:%M:%S')}] gap: ImageNet pooled features", flush=True)
-        argv = [a.python, os.path.abspath(__file__), f"--data_dir={a.data_dir}",
+        argv = [a.python, os.path.abspath(__file__), f"--data_dir={a.data_dir}", f"--dataset={a.dataset}",
                 f"--image_size={a.image_size}", f"--val_fraction={a.val_fraction}",
                 f"--gap_eval={path}"]
         subprocess.check_call(argv, cwd=REPO)
@@ -361,6 +362,7 @@ def main(argv=None) -> int:
     if a.gap_eval:
         gap_eval(a, a.gap_eval)
         return 0
+    a.runs_dir = a.runs_dir or os.path.join(a.out, "runs", a.name or a.dataset)
     a.data_dir, a.out, a.runs_dir = (os.path.abspath(a.data_dir), os.path.abspath(a.out),
                                    os.path.abspath(a.runs_dir))
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
