@@ -9,7 +9,8 @@ every head and head combination, the loss terms, the mean per-class margin beta 
 the decorrelation C of each direction (before rho), the DaNCE positive and weighted-negative logits,
 and the fraction of DaNCE rows whose loss is ~0. `--summary` also writes, per run, the best
 validation R@1 of each embedding with its epoch and the test R@1 there, plus the last epoch's
-diagnostics, as JSON.
+diagnostics, as JSON; `--table` writes, per run, the (epoch, embedding) the benchmark's
+validation rule selects, with its test R@1, as markdown.
 """
 
 from __future__ import annotations
@@ -56,10 +57,31 @@ def summarise(records: list[dict]) -> dict:
         best = max(rows, key=lambda r: (r[f"val/{name}/recall@1"], -r["epoch"]))
         out["best_val"][name] = {"epoch": best["epoch"], "val_recall@1": best[f"val/{name}/recall@1"],
                                  "test_recall@1": best.get(f"test/{name}/recall@1")}
+    # The benchmark's rule: the (epoch, embedding) with the best validation R@1, earliest epoch and
+    # then the equal-weight or first name on ties (embeddings are sorted, so "combined[..." first).
+    if out["best_val"]:
+        combined = {n: b for n, b in out["best_val"].items() if n.startswith("combined[")}
+        pool = combined or out["best_val"]
+        name = max(pool, key=lambda n: (pool[n]["val_recall@1"], -pool[n]["epoch"]))
+        out["selected"] = {"embedding": name, **pool[name]}
     last = records[-1]
     out["last"] = {k: v for k, v in last.items()
                    if k.startswith(("train/", "beta_mean/")) and isinstance(v, (int, float))}
     return out
+
+
+def table(summaries: dict) -> str:
+    """Markdown: per run, the selected (epoch, embedding) and its validation and test R@1."""
+    lines = ["| run | epochs | selected embedding | epoch | val R@1 | test R@1 |",
+             "|---|---|---|---|---|---|"]
+    for label, s in summaries.items():
+        sel = s.get("selected")
+        if sel:
+            test = sel["test_recall@1"]
+            lines.append(f"| {label} | {s['epochs']} | {sel['embedding']} | {sel['epoch']} | "
+                         f"{100 * sel['val_recall@1']:.2f} | "
+                         f"{'–' if test is None else f'{100 * test:.2f}'} |")
+    return "\n".join(lines)
 
 
 def plot(runs: dict, out_png: str) -> None:
@@ -101,6 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--labels", default="", help="comma-separated panel labels (default: folder names)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--summary", default="", help="JSON summary to write")
+    p.add_argument("--table", default="", help="markdown table of the selected epochs to write")
     a = p.parse_args(argv)
     dirs = [d for d in a.runs.split(",") if d]
     labels = [s for s in a.labels.split(",") if s] or [os.path.basename(d.rstrip("/")) for d in dirs]
@@ -108,9 +131,14 @@ def main(argv=None) -> int:
         raise SystemExit(f"{len(labels)} labels for {len(dirs)} runs")
     runs = {label: read_records(d) for label, d in zip(labels, dirs)}
     plot(runs, a.out)
+    summaries = {label: summarise(r) for label, r in runs.items()}
     if a.summary:
         with open(a.summary, "w") as f:
-            json.dump({label: summarise(r) for label, r in runs.items()}, f, indent=2)
+            json.dump(summaries, f, indent=2)
+    if a.table:
+        with open(a.table, "w") as f:
+            f.write(table(summaries) + "\n")
+    print(table(summaries))
     print(f"wrote {a.out}" + (f" and {a.summary}" if a.summary else ""))
     return 0
 
