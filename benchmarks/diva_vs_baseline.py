@@ -62,6 +62,9 @@ def _ablation(drop: str) -> list[str]:
 PUBLISHED = ["--diva_features=" + ",".join(HEADS), "--diva_rho_decorrelation=1500,1500,1500",
              "--diva_alpha_ssl=0.3", "--diva_alpha_shared=0.3", "--diva_alpha_intra=0.3",
              "--diva_moco_temperature=0.01"]
+# The DiVA configuration chosen on emoji validation classes (seed 0, issue 12): every auxiliary head
+# also gets the class margin loss, and DaNCE at temperature 0.1 instead of the collapsing 0.01.
+CHOSEN = "--diva_aux_discriminative=1.0 --diva_moco_temperature=0.1"
 # Test-time head weights (HEADS order) tried on validation by every four-head row; equal first.
 COMBINATIONS = "1,1,1,1;1,0.5,0.5,0.5;0.5,1,1,1;1,1,1,0;1,1,0,1"
 
@@ -96,7 +99,7 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default="emoji", choices=("emoji", "folder"))
     p.add_argument("--name", default="", help="stem of the result files and README block "
                    "(default: the dataset)")
-    p.add_argument("--chosen", default="", help="train flags of the diva_chosen row, space-separated "
+    p.add_argument("--chosen", default=CHOSEN, help="train flags of the diva_chosen row, space-separated "
                    "(write it with '=': --chosen='--diva_moco_temperature=0.1 ...')")
     p.add_argument("--combinations", default=COMBINATIONS, help="';'-separated head weights "
                    "(discriminative, selfsimilarity, shared, intra) evaluated by four-head rows; the "
