@@ -347,7 +347,7 @@ def table(results: dict, a) -> str:
             if m == "recall@1":
                 d = res.get("minus_baseline")
                 cells.append(f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}"
-                             if d and d["n_seeds"] and row != "discriminative" else "–")
+                             if d and d["n_seeds"] and row in TRAINED and row != "discriminative" else "–")
         mu, sd = s["val_recall@1"]["mean"], s["val_recall@1"]["std"]
         cells.append("–" if math.isnan(mu) else f"{100 * mu:.2f} ± {100 * sd:.2f}")
         cells.append("–" if row in ("gap", "random_heads") else f"{s['epoch']['mean']:.1f}")
