@@ -327,7 +327,10 @@ def summarise(per_seed: list[dict], wall: list[float]) -> dict:
     out = {"n_seeds": len(per_seed), "seeds": [r["seed"] for r in per_seed]}
     for m in METRICS + ("val_recall@1", "epoch"):
         out[m] = dict(zip(("mean", "std"), mean_std([r.get(m) for r in per_seed])))
-    out["wall_seconds"] = {"per_run_mean": mean_std(wall)[0], "total": sum(w for w in wall if not math.isnan(w))}
+    done = sorted(w for w in wall if not math.isnan(w))
+    median = (done[len(done) // 2] + done[(len(done) - 1) // 2]) / 2 if done else float("nan")
+    out["wall_seconds"] = {"per_run_mean": mean_std(wall)[0], "per_run_median": median,
+                           "total": sum(done)}
     return out
 
 
@@ -354,7 +357,7 @@ def table(results: dict, a) -> str:
         picked = sorted({r["embedding"] for r in res["per_seed"]})
         cells.append(" / ".join(p[len("combined["):-1] if p.startswith("combined[") else "–"
                                 for p in picked))
-        w = s["wall_seconds"]["per_run_mean"]
+        w = s["wall_seconds"].get("per_run_median", s["wall_seconds"]["per_run_mean"])
         cells.append("–" if math.isnan(w) else f"{w:.0f} s")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -429,8 +432,9 @@ def main(argv=None) -> int:
             f"(four-head rows) test-time head weights (discriminative, selfsimilarity, shared, "
             f"intra) selected on validation R@1 ({a.val_fraction:g} of the training classes); "
             f"test metrics at that choice. The pooled-features row is deterministic (one "
-            f"evaluation). wall/run = wall time of one training run (incl. start-up and "
-            f"per-epoch evaluation). Command: `python benchmarks/diva_vs_baseline.py "
+            f"evaluation). wall/run = median over seeds of the wall time of one training run (incl. "
+            f"start-up and per-epoch evaluation; a run that shared the CPU with others takes "
+            f"several times longer, hence the median). Command: `python benchmarks/diva_vs_baseline.py "
             f"{' '.join(sys.argv[1:])}`\n")
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, f"{name}_diva_vs_baseline.md"), "w") as f:

@@ -3,9 +3,12 @@
 `Config` lists every hyperparameter with the default of `diva_spec.md` section 6 (where the tool
 deviates, the field's help says so). `diva_tf.flags` turns these fields into absl flags, so a flag
 and its config field cannot drift apart. `Config.validate` rejects inconsistent settings before any
-data is read. The choices of --dataset, --data_sampler, --backbone and --loss are the keys of
-the registries in the packages that build them (`diva_tf.data.DATASETS`, `diva_tf.data.SAMPLERS`,
-`diva_tf.backbones.BACKBONES`, `diva_tf.losses.DISCRIMINATIVE_LOSSES`); none imports TensorFlow.
+data is read. The choices of --dataset, --data_sampler, --backbone, --head_pooling, --loss,
+--diva_ssl, --optimizer, --scheduler and --strategy are the keys of the registries in the modules
+that build them (`diva_tf.data.DATASETS`, `diva_tf.data.SAMPLERS`, `diva_tf.backbones.BACKBONES`,
+`diva_tf.pooling.POOLINGS`, `diva_tf.losses.DISCRIMINATIVE_LOSSES` / `SELF_SUPERVISED_LOSSES`,
+`diva_tf.optim.OPTIMIZERS` / `SCHEDULES`, `diva_tf.distribute.STRATEGIES`); none imports
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -21,14 +24,13 @@ from diva_tf.choices import lookup
 from diva_tf.data.datasets import DATASETS
 from diva_tf.data.errors import DataError
 from diva_tf.data.sampler import SAMPLERS, Sampler
-from diva_tf.losses.registry import DISCRIMINATIVE_LOSSES
+from diva_tf.distribute import STRATEGIES
+from diva_tf.losses.registry import DISCRIMINATIVE_LOSSES, SELF_SUPERVISED_LOSSES
+from diva_tf.optim import OPTIMIZERS, SCHEDULES
 from diva_tf.pooling import POOLINGS
 
 HEAD_NAMES = ("discriminative", "selfsimilarity", "shared", "intra")
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("step", "cosine")
 EVAL_TEST = ("always", "val_improved")
-STRATEGIES = ("auto", "mirrored", "multiworker", "default")
 
 # Test-time head weights behind the published numbers (spec 2.4), in HEAD_NAMES order.
 DEFAULT_HEAD_WEIGHTS = {
@@ -72,7 +74,10 @@ class Config:
     backbone: str = _f("resnet50", " | ".join(BACKBONES))
     backbone_weights: str = _f("imagenet", "'imagenet', 'none', or a path to a weights file.")
     frozen_bn: bool = _f(True, "Freeze BN statistics (gamma/beta stay trainable), spec 2.1.")
-    embed_dim: int = _f(128, "Dimension of each head.")
+    embed_dim: int = _f(128, "Dimension of each head (unless --head_dims).")
+    head_dims: list = _f([], "Dimension per head, in --diva_features order (default --embed_dim for "
+                         "every head; beyond DiVA: e.g. 256,128,64,64 keeps the 512-d total but "
+                         "gives the discriminative head more).")
     diva_features: list = _f(list(HEAD_NAMES), "Heads to build, in order (1 to 4 of "
                              + ", ".join(HEAD_NAMES) + "). Spec default is discriminative only; "
                              "this tool defaults to DiVA's four.")
@@ -162,6 +167,12 @@ class Config:
         return tuple(self.head_pooling)
 
     @property
+    def dims(self) -> dict:
+        """Head name -> its embedding dimension (--head_dims, else --embed_dim)."""
+        sizes = self.head_dims or [self.embed_dim] * len(self.diva_features)
+        return {h: int(d) for h, d in zip(self.diva_features, sizes)}
+
+    @property
     def decorrelation_directions(self) -> list:
         """(source, target) pairs decorrelated by the regressors (spec 4.6).
 
@@ -191,15 +202,18 @@ class Config:
             Sampler.from_config(self)
         except DataError as e:
             raise ConfigError(str(e)) from None
-        need(self.optimizer in OPTIMIZERS, f"--optimizer={self.optimizer!r}: choose one of {OPTIMIZERS}")
-        need(self.scheduler in SCHEDULES, f"--scheduler={self.scheduler!r}: choose one of {SCHEDULES}")
-        need(self.strategy in STRATEGIES, f"--strategy={self.strategy!r}: choose one of {STRATEGIES}")
-        need(self.diva_ssl in ("fast_moco", "moco"), f"--diva_ssl={self.diva_ssl!r}: fast_moco | moco")
+        lookup(OPTIMIZERS, "optimizer", self.optimizer, "optimizer", ConfigError)
+        lookup(SCHEDULES, "scheduler", self.scheduler, "schedule", ConfigError)
+        lookup(STRATEGIES, "strategy", self.strategy, "strategy", ConfigError)
+        lookup(SELF_SUPERVISED_LOSSES, "diva_ssl", self.diva_ssl, "self-supervised task", ConfigError)
         feats = list(self.diva_features)
         need(1 <= len(feats) <= 4 and len(set(feats)) == len(feats)
              and all(f in HEAD_NAMES for f in feats),
              f"--diva_features={','.join(feats)}: 1 to 4 distinct names out of {HEAD_NAMES}")
         need(self.embed_dim > 0, "--embed_dim must be positive")
+        need(len(self.head_dims) in (0, len(feats)) and all(int(d) > 0 for d in self.head_dims),
+             f"--head_dims={','.join(map(str, self.head_dims))}: one positive dimension per head "
+             f"({len(feats)}: {','.join(feats)})")
         need(len(self.head_pooling) in (0, 1, len(feats))
              and all(p in POOLINGS for p in self.head_pooling),
              f"--head_pooling={','.join(self.head_pooling)}: one value or one per head "

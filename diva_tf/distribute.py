@@ -1,13 +1,10 @@
-"""Choosing the tf.distribute strategy and the chief's role in a multi-worker run."""
+"""Choosing the tf.distribute strategy (the --strategy registry) and the chief's role in a
+multi-worker run. TensorFlow is imported only when a strategy is built."""
 
 from __future__ import annotations
 
 import json
 import os
-
-import tensorflow as tf
-
-from diva_tf.config import Config
 
 
 def tf_config() -> dict:
@@ -33,16 +30,31 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and task.get("index", 0) == 0 and not has_chief
 
 
-def make_strategy(cfg: Config) -> tf.distribute.Strategy:
-    """auto: MultiWorkerMirrored when TF_CONFIG names several workers, else Mirrored over local devices."""
-    choice = cfg.strategy
-    if choice == "auto":
-        choice = "multiworker" if num_workers() > 1 else "mirrored"
-    if choice == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if choice == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        cpus = tf.config.list_logical_devices("CPU")
-        devices = [d.name for d in gpus] or [d.name for d in cpus]
-        return tf.distribute.MirroredStrategy(devices=devices)
+def _multiworker():
+    import tensorflow as tf
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _mirrored():
+    import tensorflow as tf
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy(devices=[d.name for d in gpus] or [d.name for d in cpus])
+
+
+def _default():
+    import tensorflow as tf
     return tf.distribute.get_strategy()
+
+
+def _auto():
+    """MultiWorkerMirrored when TF_CONFIG names several workers, else Mirrored over local devices."""
+    return _multiworker() if num_workers() > 1 else _mirrored()
+
+
+STRATEGIES = {"auto": _auto, "mirrored": _mirrored, "multiworker": _multiworker, "default": _default}
+
+
+def make_strategy(cfg) -> "tf.distribute.Strategy":
+    """The strategy of --strategy (a STRATEGIES name)."""
+    return STRATEGIES[cfg.strategy]()

@@ -43,7 +43,7 @@ def _coerce_list(name: str, values: list, like: list) -> list:
     if name == "eval_combinations":
         # ';' separates combinations because ',' separates weights.
         return [c.strip() for c in ",".join(values).split(";") if c.strip()]
-    if name in ("tau", "recall_k"):
+    if name in ("tau", "recall_k", "head_dims"):
         kind = int
     try:
         return [kind(v) for v in values]

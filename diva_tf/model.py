@@ -16,7 +16,7 @@ from diva_tf.pooling import global_pooling
 
 
 def build_embedding_model(cfg: Config, weights: str | None = None, name: str = "diva") -> keras.Model:
-    """Images [n, H, W, 3] in 0..255 -> {head_name: unit-norm [n, embed_dim]} for cfg.diva_features.
+    """Images [n, H, W, 3] in 0..255 -> {head_name: unit-norm [n, cfg.dims[head_name]]} for cfg.diva_features.
 
     `weights` overrides cfg.backbone_weights (e.g. 'none' when weights are restored afterwards).
     Heads use PyTorch's Linear init (spec 2.2), not Keras's Glorot/zeros. Frozen BN is a property
@@ -31,7 +31,7 @@ def build_embedding_model(cfg: Config, weights: str | None = None, name: str = "
     outputs = {}
     for i, (head, kind) in enumerate(zip(cfg.diva_features, cfg.poolings)):
         seed = None if cfg.seed is None else cfg.seed * 101 + 2 * i
-        z = torch_dense(cfg.embed_dim, fan_in, name=f"head_{head}", seed=seed, dtype="float32")(pooled[kind])
+        z = torch_dense(cfg.dims[head], fan_in, name=f"head_{head}", seed=seed, dtype="float32")(pooled[kind])
         outputs[head] = keras.layers.UnitNormalization(axis=-1, name=head, dtype="float32")(z)
     return keras.Model(images, outputs, name=name)
 

@@ -20,15 +20,15 @@ class DiVAObjective(keras.layers.Layer):
     """(embeddings per head, labels, seed, keys, queue) -> (total loss, {term: value}).
 
     `from_config` maps the Config fields; the arguments are, in Config terms: heads
-    (diva_features), embed_dim, loss and loss_args (its DISCRIMINATIVE_LOSSES fields), margin and
-    beta_init (loss_margin_*), lower_cutoff (miner_distance_lower_cutoff), alpha_* (diva_alpha_*),
-    ssl (diva_ssl), moco_temperature / moco_lower_cutoff / moco_upper_cutoff / fixed
+    (diva_features), head_dims ({head: dimension}, Config.dims), loss and loss_args (its
+    DISCRIMINATIVE_LOSSES fields), margin and beta_init (loss_margin_*), lower_cutoff
+    (miner_distance_lower_cutoff), alpha_* (diva_alpha_*), ssl (diva_ssl), moco_temperature / moco_lower_cutoff / moco_upper_cutoff / fixed
     (diva_moco_*, diva_fixed), rhos ({direction: rho}, from decorrelation_directions and
     diva_rho_decorrelation), decorrnet_dim, seed and aux_discriminative
     (diva_aux_discriminative: beyond DiVA, the weight of a class margin loss on each auxiliary head).
     """
 
-    def __init__(self, *, heads, num_classes: int, embed_dim: int, loss: str, loss_args: dict,
+    def __init__(self, *, heads, num_classes: int, head_dims: dict, loss: str, loss_args: dict,
                  margin: float, beta_init: float, lower_cutoff: float, alpha_ssl: float,
                  alpha_shared: float, alpha_intra: float, ssl: str, moco_temperature: float,
                  moco_lower_cutoff: float, moco_upper_cutoff: float, fixed: bool, rhos: dict,
@@ -36,14 +36,14 @@ class DiVAObjective(keras.layers.Layer):
         super().__init__(name="objective", dtype="float32", **kwargs)
         self.num_classes = int(num_classes)
         self.heads = list(heads)
-        self.embed_dim = int(embed_dim)
+        self.head_dims = {h: int(head_dims[h]) for h in self.heads}
         spec = losses.DISCRIMINATIVE_LOSSES[loss]
         self.discriminative_loss = spec.build(**loss_args)
         self.margin, self.lower_cutoff = margin, lower_cutoff
         self.alpha = {"selfsimilarity": alpha_ssl, "shared": alpha_shared, "intra": alpha_intra}
         self.dance_args = dict(temperature=moco_temperature, lower_cutoff=moco_lower_cutoff,
                                upper_cutoff=moco_upper_cutoff, fixed=fixed,
-                               weighted=ssl == "fast_moco")
+                               **losses.SELF_SUPERVISED_LOSSES[ssl])
         self.margin_tasks = [t for t in MARGIN_TASKS
                              if t in heads and (t != "discriminative" or "beta" in spec.params)]
         # Beyond DiVA (aux_discriminative > 0): a class margin loss with its own betas on each
@@ -59,21 +59,22 @@ class DiVAObjective(keras.layers.Layer):
         }
         self.rhos = dict(rhos)
         self.regressors = {
-            f"{src}-{tgt}": losses.build_regressor(embed_dim, decorrnet_dim,
+            f"{src}-{tgt}": losses.build_regressor(self.head_dims[src], decorrnet_dim,
+                                                   out_dim=self.head_dims[tgt],
                                                    name=f"regressor_{src}_{tgt}")
             for src, tgt in self.rhos
         }
         self.proxies = None
         if "proxies" in spec.params and "discriminative" in heads:
             self.proxies = self.add_weight(
-                name="proxies", shape=(self.num_classes, embed_dim),
+                name="proxies", shape=(self.num_classes, self.head_dims["discriminative"]),
                 initializer=losses.proxy_initializer(seed))
 
     @classmethod
     def from_config(cls, cfg, num_classes: int) -> "DiVAObjective":
         """The objective of a `diva_tf.config.Config` (validated)."""
         return cls(
-            heads=list(cfg.diva_features), num_classes=num_classes, embed_dim=cfg.embed_dim,
+            heads=list(cfg.diva_features), num_classes=num_classes, head_dims=cfg.dims,
             loss=cfg.loss, loss_args=losses.DISCRIMINATIVE_LOSSES[cfg.loss].args_from(cfg),
             margin=cfg.loss_margin_margin, beta_init=cfg.loss_margin_beta,
             lower_cutoff=cfg.miner_distance_lower_cutoff, alpha_ssl=cfg.diva_alpha_ssl,
@@ -86,8 +87,8 @@ class DiVAObjective(keras.layers.Layer):
             aux_discriminative=cfg.diva_aux_discriminative)
 
     def build(self, input_shape=None):
-        for reg in self.regressors.values():
-            reg.build((None, self.embed_dim))
+        for direction, reg in self.regressors.items():
+            reg.build((None, self.head_dims[direction.split("-", 1)[0]]))
         self.built = True
 
     def variable_groups(self) -> dict:

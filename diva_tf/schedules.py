@@ -1,8 +1,7 @@
-"""Learning-rate schedules that change per epoch, as DiVA's MultiStepLR (spec 5.1), or cosine."""
+"""Learning-rate schedules that change per epoch, as DiVA's MultiStepLR (spec 5.1), or cosine; the
+--scheduler registry that picks one is `diva_tf.optim.SCHEDULES`."""
 
 from __future__ import annotations
-
-import functools
 
 import keras
 from keras import ops
@@ -53,20 +52,3 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"base_lr": self.base_lr, "steps_per_epoch": self.steps_per_epoch,
                 "total_epochs": self.total_epochs, "warmup_epochs": self.warmup_epochs}
-
-
-def make_schedule(kind: str, base_lr: float, steps_per_epoch: int, *, milestones, gamma: float,
-                  total_epochs: int, warmup_epochs: int):
-    """The schedule of one parameter group: "cosine" (total_epochs, warmup_epochs) or "step"
-    (milestones, gamma)."""
-    if kind == "cosine":
-        return EpochCosineDecay(base_lr, steps_per_epoch, total_epochs, warmup_epochs)
-    return EpochStepDecay(base_lr, steps_per_epoch, milestones, gamma)
-
-
-def schedule_from_config(cfg, steps_per_epoch: int):
-    """base_lr -> schedule with the Config's shape (--scheduler, --tau, --gamma, --n_epochs,
-    --warmup_epochs), shared by every parameter group."""
-    return functools.partial(make_schedule, cfg.scheduler, steps_per_epoch=steps_per_epoch,
-                             milestones=cfg.tau, gamma=cfg.gamma, total_epochs=cfg.n_epochs,
-                             warmup_epochs=cfg.warmup_epochs)

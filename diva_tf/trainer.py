@@ -17,7 +17,7 @@ from diva_tf.distribute import num_workers
 from diva_tf.key_queue import enqueue
 from diva_tf.model import build_embedding_model
 from diva_tf.objective import DiVAObjective
-from diva_tf.optim import add_coupled_l2, optimizers_from_config
+from diva_tf.optim import OPTIMIZERS, add_coupled_l2, optimizers_from_config
 
 
 def assign_in_replica_context(pairs) -> None:
@@ -75,7 +75,7 @@ class DiVATrainer(keras.Model):
             self._ema_pairs = [(k, q) for k, q in zip(self.key_encoder.weights, self.embedder.weights)
                                if id(q) in trainable]
             self.queue = self.add_weight(
-                name="queue", shape=(cfg.diva_moco_n_key_batches * cfg.bs, cfg.embed_dim),
+                name="queue", shape=(cfg.diva_moco_n_key_batches * cfg.bs, cfg.dims["selfsimilarity"]),
                 initializer="zeros", trainable=False)
         self.optimizers = optimizers_from_config(cfg, steps_per_epoch)
         self._loss_trackers = {}
@@ -151,7 +151,7 @@ class DiVATrainer(keras.Model):
         for group, variables in groups.items():
             g = flat_grads[start:start + len(variables)]
             start += len(variables)
-            if group == "network" and self.cfg.optimizer == "adam":
+            if group == "network" and OPTIMIZERS[self.cfg.optimizer].coupled_decay:
                 g = add_coupled_l2(g, variables, self.cfg.decay / replicas)
             grads[group] = (g, variables)
         return grads, total, {**terms, **stats}, keys

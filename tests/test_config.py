@@ -43,10 +43,24 @@ def test_decorrelation_directions_each_aux_to_discriminative():
     (dict(resize=100, crop=224), "--resize"),
     (dict(dataset="mnist"), "unknown dataset"),
     (dict(eval_combinations=["1,1"]), "2 values for 4 heads"),
+    (dict(optimizer="sgd"), "--optimizer='sgd': unknown optimizer; choose one of adam, adamw"),
+    (dict(scheduler="linear"), "--scheduler='linear': unknown schedule; choose one of step, cosine"),
+    (dict(strategy="tpu"), "--strategy='tpu': unknown strategy; choose one of auto, mirrored"),
+    (dict(diva_ssl="simclr"), "--diva_ssl='simclr': unknown self-supervised task"),
+    (dict(head_dims=[256, 128]), "--head_dims=256,128: one positive dimension per head"),
+    (dict(head_dims=[256, 128, 0, 128]), "--head_dims=256,128,0,128: one positive"),
 ])
 def test_inconsistent_settings_name_the_flag(kw, needle):
     with pytest.raises(ConfigError, match=needle):
         Config(**kw).validate()
+
+
+def test_validation_does_not_load_tensorflow():
+    """Flag errors come before the seconds TensorFlow takes to import."""
+    code = ("import sys; from diva_tf.config import Config; Config().validate(); "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_parse_weights():

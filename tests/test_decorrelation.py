@@ -66,6 +66,17 @@ def test_value_matches_numpy():
     assert got < 0
 
 
+def test_unequal_head_dims_regress_source_onto_target_dimension():
+    """--head_dims: xi maps the source head's dimension to the target's; C averages over the target's."""
+    rng = np.random.default_rng(4)
+    s, t = ref.unit_rows(rng, 5, 6), ref.unit_rows(rng, 5, 3)
+    reg = losses.build_regressor(6, HIDDEN, name="xi", seed=1, dtype="float64", out_dim=3)
+    reg.build((None, 6))
+    assert [w.shape for w in _weights(reg)] == [(6, HIDDEN), (HIDDEN,), (HIDDEN, 3), (3,)]
+    got = losses.decorrelation_loss(tf.constant(s), tf.constant(t), reg, 150.0).numpy()
+    assert got == pytest.approx(ref.decorrelation_loss(s, t, _weights(reg), 150.0), rel=1e-12)
+
+
 def test_reversal_flips_exactly_the_embedding_gradients():
     """Embeddings get minus the gradient of -rho*C (they minimise C); the regressor gets it unchanged
     (it maximises C). Both are checked against finite differences of the numpy expression."""

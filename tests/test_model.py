@@ -26,6 +26,13 @@ def test_outputs_are_unit_norm_heads_in_configured_order():
         np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
 
 
+def test_head_dims_give_each_head_its_own_dimension():
+    cfg = _tiny(head_dims=[12, 8, 6, 4]).validate()
+    out = build_embedding_model(cfg)(np.zeros((2, 32, 32, 3), "float32"))
+    assert {h: v.shape[1] for h, v in out.items()} == {
+        "discriminative": 12, "selfsimilarity": 8, "shared": 6, "intra": 4}
+
+
 def test_heads_use_pytorch_linear_init():
     cfg = _tiny(embed_dim=128)
     model = build_embedding_model(cfg)

@@ -1,10 +1,11 @@
 """Optimizer groups and schedules (spec 5.1): coupled L2 Adam, per-epoch step decay, cosine."""
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from diva_tf.config import Config
-from diva_tf.optim import ADAM_EPSILON, add_coupled_l2, optimizers_from_config
+from diva_tf.optim import ADAM_EPSILON, OPTIMIZERS, add_coupled_l2, optimizers_from_config
 from diva_tf.schedules import EpochCosineDecay, EpochStepDecay
 
 
@@ -55,5 +56,7 @@ def test_cosine_schedule_closed_form():
 
 
 def test_adamw_option_is_decoupled():
-    opt = optimizers_from_config(Config(optimizer="adamw", decay=0.01), 1)["network"]
-    assert opt.weight_decay == 0.01
+    opts = optimizers_from_config(Config(optimizer="adamw", decay=0.01), 1)
+    assert isinstance(opts["network"], keras.optimizers.AdamW) and opts["network"].weight_decay == 0.01
+    assert not OPTIMIZERS["adamw"].coupled_decay and OPTIMIZERS["adam"].coupled_decay
+    assert all(type(opts[g]) is keras.optimizers.Adam for g in ("beta", "regressor", "proxy"))

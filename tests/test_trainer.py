@@ -73,6 +73,21 @@ def test_momentum_update_and_fifo_queue_after_the_step():
     np.testing.assert_allclose(t.queue.numpy()[-8:], keys_expected, atol=1e-5)
 
 
+def test_unequal_head_dims_train_with_queue_and_regressors_sized_per_head():
+    cfg = CFG.replace(head_dims=[12, 8, 6, 4], diva_decorrnet_dim=16)
+    t = _trainer(tf.distribute.get_strategy(), cfg)
+    assert t.queue.shape == (2 * 8, 8)
+    dims = cfg.dims
+    for (src, tgt), reg in t.objective._by_direction().items():
+        k1, _, k2, b2 = reg.trainable_variables
+        assert (k1.shape, k2.shape, b2.shape) == ((dims[src], 16), (16, dims[tgt]), (dims[tgt],))
+    batch = _batch(4)
+    keys_expected = t.key_encoder(batch[1], training=False)["selfsimilarity"].numpy()
+    history = t.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    np.testing.assert_allclose(t.queue.numpy()[-8:], keys_expected, atol=1e-5)
+
+
 def test_betas_and_regressors_train_without_weight_decay():
     cfg = CFG.replace(decay=10.0)
     t = _trainer(tf.distribute.get_strategy())

@@ -1,13 +1,14 @@
 """DiVA's training objectives (spec 4) and alternative discriminative losses: pure tensor functions.
 
-`DISCRIMINATIVE_LOSSES` (in `registry`) is the one registry of --loss. The loss functions are
+`DISCRIMINATIVE_LOSSES` and `SELF_SUPERVISED_LOSSES` (in `registry`) are the registries of --loss
+and --diva_ssl. The loss functions are
 loaded on first use, so the registry (and `diva_tf.config`, which validates against it) does not
 pay for importing TensorFlow.
 """
 
 import importlib
 
-from diva_tf.losses.registry import DISCRIMINATIVE_LOSSES, DiscriminativeLoss
+from diva_tf.losses.registry import DISCRIMINATIVE_LOSSES, SELF_SUPERVISED_LOSSES, DiscriminativeLoss
 
 _MODULE_OF = {
     "dance_logits": "dance",
@@ -25,7 +26,7 @@ _MODULE_OF = {
     "triplet_semihard_loss": "triplet",
 }
 
-__all__ = ["DISCRIMINATIVE_LOSSES", "DiscriminativeLoss", *sorted(_MODULE_OF)]
+__all__ = ["DISCRIMINATIVE_LOSSES", "SELF_SUPERVISED_LOSSES", "DiscriminativeLoss", *sorted(_MODULE_OF)]
 
 
 def __getattr__(name):

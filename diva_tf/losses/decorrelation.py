@@ -7,13 +7,15 @@ from diva_tf.initializers import torch_dense
 from diva_tf.tensor_ops import cast_to, gradient_reversal, l2_normalize
 
 
-def build_regressor(embed_dim=128, hidden=512, name=None, seed=None, dtype="float32"):
-    """xi: Linear(embed_dim -> hidden) -> ReLU -> Linear(hidden -> embed_dim), PyTorch default init."""
+def build_regressor(embed_dim=128, hidden=512, name=None, seed=None, dtype="float32", out_dim=None):
+    """xi: Linear(embed_dim -> hidden) -> ReLU -> Linear(hidden -> out_dim), PyTorch default init.
+
+    out_dim (the target head's dimension) defaults to embed_dim (the source's), as in DiVA."""
     second_seed = None if seed is None else seed + 2
     return keras.Sequential([
         torch_dense(hidden, embed_dim, seed=seed, dtype=dtype),
         keras.layers.ReLU(dtype=dtype),
-        torch_dense(embed_dim, hidden, seed=second_seed, dtype=dtype),
+        torch_dense(out_dim or embed_dim, hidden, seed=second_seed, dtype=dtype),
     ], name=name)
 
 

@@ -1,4 +1,5 @@
-"""The discriminative-head losses by --loss name: the one registry of that choice.
+"""The discriminative-head losses by --loss name, and the self-supervised task by --diva_ssl: the
+one registry of each choice.
 
 Each entry names the Config fields it reads (constructor argument -> field), the weights the
 objective must own for it ("beta": per-class margin betas [C], "proxies": class proxies [C, D]),
@@ -61,3 +62,8 @@ DISCRIMINATIVE_LOSSES = {
     "proxy": DiscriminativeLoss(_proxy, {"scale": "loss_proxy_scale", "margin": "loss_proxy_margin"},
                                 params=("proxies",)),
 }
+
+
+# --diva_ssl -> the arguments of `diva_tf.losses.dance.dance_loss`: DaNCE (fast_moco, DiVA's
+# distance-weighted negatives) or plain MoCo (every negative weighted 1).
+SELF_SUPERVISED_LOSSES = {"fast_moco": {"weighted": True}, "moco": {"weighted": False}}
