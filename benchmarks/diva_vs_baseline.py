@@ -41,6 +41,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -327,9 +328,9 @@ def summarise(per_seed: list[dict], wall: list[float]) -> dict:
     out = {"n_seeds": len(per_seed), "seeds": [r["seed"] for r in per_seed]}
     for m in METRICS + ("val_recall@1", "epoch"):
         out[m] = dict(zip(("mean", "std"), mean_std([r.get(m) for r in per_seed])))
-    done = sorted(w for w in wall if not math.isnan(w))
-    median = (done[len(done) // 2] + done[(len(done) - 1) // 2]) / 2 if done else float("nan")
-    out["wall_seconds"] = {"per_run_mean": mean_std(wall)[0], "per_run_median": median,
+    done = [w for w in wall if not math.isnan(w)]
+    out["wall_seconds"] = {"per_run_mean": mean_std(wall)[0],
+                           "per_run_median": statistics.median(done) if done else float("nan"),
                            "total": sum(done)}
     return out
 
@@ -357,7 +358,7 @@ def table(results: dict, a) -> str:
         picked = sorted({r["embedding"] for r in res["per_seed"]})
         cells.append(" / ".join(p[len("combined["):-1] if p.startswith("combined[") else "–"
                                 for p in picked))
-        w = s["wall_seconds"].get("per_run_median", s["wall_seconds"]["per_run_mean"])
+        w = s["wall_seconds"]["per_run_median"]
         cells.append("–" if math.isnan(w) else f"{w:.0f} s")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

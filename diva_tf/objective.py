@@ -87,8 +87,8 @@ class DiVAObjective(keras.layers.Layer):
             aux_discriminative=cfg.diva_aux_discriminative)
 
     def build(self, input_shape=None):
-        for direction, reg in self.regressors.items():
-            reg.build((None, self.head_dims[direction.split("-", 1)[0]]))
+        for (src, _), reg in self._by_direction().items():
+            reg.build((None, self.head_dims[src]))
         self.built = True
 
     def variable_groups(self) -> dict:
