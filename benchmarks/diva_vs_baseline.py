@@ -78,7 +78,7 @@ ROWS = {
                         "--diva_rho_decorrelation="]),
     "diva_published": ("DiVA, published settings (4x128, rho 1500, alphas 0.3, temperature 0.01)",
                        PUBLISHED),
-    "diva_chosen": ("DiVA, chosen on validation (4x128: --chosen)",
+    "diva_chosen": ("DiVA, chosen on validation (--dims: --chosen)",
                     ["--diva_features=" + ",".join(HEADS), "{chosen}"]),
     "diva": ("DiVA (4x128 + decorrelation, rho --rho)",
              ["--diva_features=" + ",".join(HEADS),
@@ -156,7 +156,10 @@ def run_name(a, row: str) -> str:
 
 
 def describe(a, row: str) -> str:
-    text = ROWS[row][0].replace("--rho", f"{a.rho:g}").replace("--chosen", a.chosen or "-")
+    dims = next((f.split("=", 1)[1].replace(",", "+") for f in a.chosen.split()
+                 if f.startswith("--head_dims=")), "4x128")
+    text = (ROWS[row][0].replace("--rho", f"{a.rho:g}").replace("--chosen", a.chosen or "-")
+            .replace("--dims", dims))
     if row.startswith("diva_no_"):
         text = text.replace(")", f", rho {a.rho:g})")
     if a.extra and row in TRAINED:

@@ -66,6 +66,11 @@ class Config:
     resize: int = _f(256, "Test-time resize of the shorter side (spec 3.3).")
     crop: int = _f(224, "Crop size for training views and test centre crop.")
     cache_images: bool = _f(True, "Cache decoded images in memory when they fit.")
+    realistic_augmentation: bool = _f(False, "Key-encoder view through the colour pipeline "
+                                      "(crop, grayscale p 0.2, colour jitter 0.4, flip; spec 3.3); "
+                                      "off in every sample run.")
+    realistic_main_augmentation: bool = _f(False, "Main view (every loss) through the colour "
+                                           "pipeline too (spec 3.3); off in every sample run.")
     # ---- sampler --------------------------------------------------------------------------
     bs: int = _f(112, "Global batch size B = classes-per-batch x samples_per_class.")
     samples_per_class: int = _f(2, "Images drawn per class draw.")

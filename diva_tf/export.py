@@ -168,7 +168,6 @@ def make_manifest(cfg, head_weights, version: int, metrics: dict | None, source:
     return {
         "heads": heads,
         "head_weights": [float(w) for w in head_weights],
-        "embed_dim": cfg.embed_dim,
         "head_dims": [cfg.dims[h] for h in heads],
         "embedding_dim": sum(cfg.dims[h] for h in heads),
         "crop": cfg.crop,

@@ -68,3 +68,10 @@ def test_row_flags_fill_in_chosen_flags_and_head_weight_combinations():
     assert flags[1:3] == ["--diva_moco_temperature=0.1", "--diva_fixed=true"]
     assert flags[-1] == f"--eval_combinations={bench.COMBINATIONS}"
     assert not any(f.startswith("--eval_combinations") for f in bench.row_flags(a, "discriminative"))
+
+
+@pytest.mark.parametrize("chosen,dims", [("--diva_moco_temperature=0.1", "4x128"),
+                                         ("--head_dims=256,128,64,64 --diva_fixed", "256+128+64+64")])
+def test_chosen_row_description_names_its_head_dimensions(chosen, dims):
+    a = bench.parse_args([f"--chosen={chosen}"])
+    assert bench.describe(a, "diva_chosen") == f"DiVA, chosen on validation ({dims}: {chosen})"

@@ -140,3 +140,51 @@ def test_test_view_matches_pil_resize_and_center_crop(shape, resize, crop):
     assert out.shape == (crop, crop, 3) and out.dtype == np.float32
     assert np.abs(out - ref).max() <= 1.05  # PIL rounds to uint8
     assert np.abs(out - ref).mean() < 0.4
+
+
+def reference_jitter(image, brightness, contrast, saturation, hue, order):
+    """torchvision ColorJitter's tensor formulas in float64 numpy (hue via colorsys)."""
+    import colorsys
+
+    luma = np.array(augment.LUMA)
+
+    def hue_shift(x):
+        flat = x.reshape(-1, 3) / 255.0
+        out = []
+        for r, g, b in flat:
+            h, s, v = colorsys.rgb_to_hsv(r, g, b)
+            out.append(colorsys.hsv_to_rgb((h + hue) % 1.0, s, v))
+        return np.array(out).reshape(x.shape) * 255.0
+
+    ops = [lambda x: x * brightness,
+           lambda x: contrast * x + (1 - contrast) * (x @ luma).mean(),
+           lambda x: saturation * x + (1 - saturation) * (x @ luma)[..., None],
+           hue_shift]
+    x = image.astype(np.float64)
+    for k in order:
+        x = np.clip(ops[k](x), 0.0, 255.0)
+    return x
+
+
+@pytest.mark.parametrize("factors,order", [((1.3, 0.7, 1.2, 0.1), (0, 1, 2, 3)),
+                                           ((0.6, 1.4, 0.6, -0.35), (3, 2, 1, 0)),
+                                           ((1.1, 1.2, 1.4, 0.4), (2, 0, 3, 1))])
+def test_color_jitter_matches_torchvision_formulas(factors, order):
+    image = np.random.default_rng(3).uniform(0, 255, (9, 7, 3))
+    got = augment.color_jitter(tf.constant(image, tf.float32), *factors,
+                               tf.constant(order)).numpy()
+    np.testing.assert_allclose(got, reference_jitter(image, *factors, order), atol=0.05)
+
+
+def test_realistic_view_grayscale_rate_jitter_and_default_unchanged():
+    image = tf.constant(np.random.default_rng(4).integers(0, 256, (40, 40, 3)), tf.uint8)
+    weak = many_views(image, SEEDS, 16).numpy()
+    realistic = tf.map_fn(lambda s: train_view(image, s, 16, realistic=True), SEEDS,
+                          fn_output_signature=tf.float32).numpy()
+    assert realistic.shape == weak.shape and realistic.min() >= 0 and realistic.max() <= 255
+    gray = np.all(np.abs(realistic - realistic[..., :1]) < 1e-3, axis=(1, 2, 3))
+    # RandomGrayscale(0.2); saturation and hue keep a gray image gray. Binomial(400, 0.2): sd 8.
+    assert abs(gray.sum() - 80) < 4 * 8
+    assert not np.allclose(realistic, weak)
+    weak_again = many_views(image, SEEDS[:5], 16).numpy()
+    np.testing.assert_array_equal(weak_again, weak[:5])

@@ -77,6 +77,16 @@ def test_resumed_run_sees_the_same_batches(data_dir, train_split):
     assert not np.array_equal(other_seed[0][0], full[0][0])
 
 
+@pytest.mark.parametrize("flag,changed_view", [("realistic_augmentation", 1),
+                                                ("realistic_main_augmentation", 0)])
+def test_realistic_flags_recolour_only_their_view(data_dir, train_split, flag, changed_view):
+    weak = take(train_dataset(train_split, make_cfg(data_dir)), 1)[0]
+    recoloured = take(train_dataset(train_split, make_cfg(data_dir, **{flag: True})), 1)[0]
+    np.testing.assert_array_equal(recoloured[1 - changed_view], weak[1 - changed_view])
+    np.testing.assert_array_equal(recoloured[2], weak[2])
+    assert not np.allclose(recoloured[changed_view], weak[changed_view])
+
+
 def test_pixels_do_not_depend_on_the_cache_mode(data_dir, train_split, monkeypatch):
     cfg = make_cfg(data_dir)
     results = {}

@@ -43,7 +43,7 @@ def test_layout_and_manifest(exported, trained):
         assert os.path.exists(os.path.join(exported, rel)), rel
     m = export.read_manifest(exported)
     assert m["heads"] == list(cfg.diva_features) and m["head_weights"] == list(WEIGHTS)
-    assert (m["embed_dim"], m["embedding_dim"], m["crop"], m["resize"]) == (128, 512, 32, 36)
+    assert (m["head_dims"], m["embedding_dim"], m["crop"], m["resize"]) == ([128] * 4, 512, 32, 36)
     assert (m["backbone"], m["dataset"], m["model_version"]) == ("tiny", "folder", 1)
     assert m["diva_tf_version"] and m["source"]["workdir"] == os.path.abspath(workdir)
     assert m["metrics"]["epoch"] == 2 and m["metrics"]["scores"]["recall@1"] == 0.42

@@ -45,7 +45,8 @@ def train_dataset(split, cfg, start_epoch: int = 0, steps_per_epoch: int | None 
     def element(index, epoch, position):
         image = source.load(index)
         seeds = tf.random.experimental.stateless_split(_element_seed(cfg.seed, epoch, position), 2)
-        return (train_view(image, seeds[0], cfg.crop), train_view(image, seeds[1], cfg.crop),
+        return (train_view(image, seeds[0], cfg.crop, cfg.realistic_main_augmentation),
+                train_view(image, seeds[1], cfg.crop, cfg.realistic_augmentation),
                 tf.gather(labels, index))
 
     ds = tf.data.Dataset.counter(start_epoch, dtype=tf.int64).flat_map(epoch_elements)
