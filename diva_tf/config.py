@@ -126,6 +126,10 @@ class Config:
     diva_aux_discriminative: float = _f(0.0, "Beyond DiVA: weight of an extra discriminative margin "
                                         "loss (own beta, distance sampling) on each auxiliary head; "
                                         "0 = published DiVA.")
+    diva_combined_loss: float = _f(0.0, "Beyond DiVA (CGD-style): weight of a class margin loss "
+                                   "(own beta, distance sampling) on the concatenation of all "
+                                   "heads, L2-normalised (the equal-weight test-time embedding); "
+                                   "0 = published DiVA.")
     # ---- optimisation ---------------------------------------------------------------------
     optimizer: str = _f("adam", "adam (coupled L2, as DiVA) | adamw (decoupled decay).")
     lr: float = _f(1e-5, "Network learning rate.")
@@ -225,6 +229,9 @@ class Config:
              f"({len(feats)}) out of {', '.join(POOLINGS)}")
         need(self.gem_p > 0, "--gem_p must be positive")
         need(self.diva_aux_discriminative >= 0, "--diva_aux_discriminative must be >= 0")
+        need(self.diva_combined_loss >= 0, "--diva_combined_loss must be >= 0")
+        need(self.diva_combined_loss == 0 or len(feats) > 1,
+             "--diva_combined_loss needs at least two heads in --diva_features")
         need(self.samples_per_class >= 2 or feats == ["selfsimilarity"],
              "--samples_per_class must be >= 2: the margin losses need a positive per anchor")
         for d in self.diva_decorrelations:

@@ -25,14 +25,17 @@ class DiVAObjective(keras.layers.Layer):
     (miner_distance_lower_cutoff), alpha_* (diva_alpha_*), ssl (diva_ssl), moco_temperature / moco_lower_cutoff / moco_upper_cutoff / fixed
     (diva_moco_*, diva_fixed), rhos ({direction: rho}, from decorrelation_directions and
     diva_rho_decorrelation), decorrnet_dim, seed and aux_discriminative
-    (diva_aux_discriminative: beyond DiVA, the weight of a class margin loss on each auxiliary head).
+    (diva_aux_discriminative: beyond DiVA, the weight of a class margin loss on each auxiliary head)
+    and combined_loss (diva_combined_loss: beyond DiVA, the weight of a class margin loss on the
+    L2-normalised concatenation of all heads).
     """
 
     def __init__(self, *, heads, num_classes: int, head_dims: dict, loss: str, loss_args: dict,
                  margin: float, beta_init: float, lower_cutoff: float, alpha_ssl: float,
                  alpha_shared: float, alpha_intra: float, ssl: str, moco_temperature: float,
                  moco_lower_cutoff: float, moco_upper_cutoff: float, fixed: bool, rhos: dict,
-                 decorrnet_dim: int, seed: int, aux_discriminative: float = 0.0, **kwargs):
+                 decorrnet_dim: int, seed: int, aux_discriminative: float = 0.0,
+                 combined_loss: float = 0.0, **kwargs):
         super().__init__(name="objective", dtype="float32", **kwargs)
         self.num_classes = int(num_classes)
         self.heads = list(heads)
@@ -52,10 +55,14 @@ class DiVAObjective(keras.layers.Layer):
         self.aux_disc_tasks = [f"{h}_disc" for h in heads
                                if h != "discriminative" and self.aux_discriminative > 0]
         self.aux_margin_loss = losses.DISCRIMINATIVE_LOSSES["margin"].build(margin=margin, lower_cutoff=lower_cutoff)
+        # Beyond DiVA (combined_loss > 0, CGD-style): the same class margin loss on the
+        # equal-weight concatenation of the heads, i.e. on the embedding that is evaluated.
+        self.combined_loss = float(combined_loss)
+        self.combined_tasks = ["combined"] if self.combined_loss > 0 else []
         self.betas = {
             t: self.add_weight(name=f"beta_{t}", shape=(self.num_classes,),
                                initializer=keras.initializers.Constant(beta_init))
-            for t in self.margin_tasks + self.aux_disc_tasks
+            for t in self.margin_tasks + self.aux_disc_tasks + self.combined_tasks
         }
         self.rhos = dict(rhos)
         self.regressors = {
@@ -84,7 +91,7 @@ class DiVAObjective(keras.layers.Layer):
             moco_upper_cutoff=cfg.diva_moco_upper_cutoff, fixed=cfg.diva_fixed,
             rhos=dict(zip(cfg.decorrelation_directions, cfg.diva_rho_decorrelation)),
             decorrnet_dim=cfg.diva_decorrnet_dim, seed=cfg.seed,
-            aux_discriminative=cfg.diva_aux_discriminative)
+            aux_discriminative=cfg.diva_aux_discriminative, combined_loss=cfg.diva_combined_loss)
 
     def build(self, input_shape=None):
         for (src, _), reg in self._by_direction().items():
@@ -131,6 +138,10 @@ class DiVAObjective(keras.layers.Layer):
         for k, task in enumerate(self.aux_disc_tasks):
             terms[task] = self.aux_discriminative * self.aux_margin_loss(
                 embeddings[task[:-len("_disc")]], labels, sub_seed(4 + k), {"beta": self.betas[task]})
+        if self.combined_tasks:
+            combined = tf.math.l2_normalize(tf.concat([embeddings[h] for h in self.heads], -1), -1)
+            terms["combined"] = self.combined_loss * self.aux_margin_loss(
+                combined, labels, sub_seed(7), {"beta": self.betas["combined"]})
         if self.rhos:
             terms["decorrelation"] = losses.directions_loss(embeddings, self._by_direction(), self.rhos)
         total = tf.add_n(list(terms.values()))
@@ -142,7 +153,7 @@ class DiVAObjective(keras.layers.Layer):
     def log_names(self) -> list:
         """Names of the loss terms and statistics a step reports, in a stable order."""
         names = [t for t in ("discriminative", "selfsimilarity", "shared", "intra")
-                 if t in self.heads] + self.aux_disc_tasks
+                 if t in self.heads] + self.aux_disc_tasks + self.combined_tasks
         if self.rhos:
             names.append("decorrelation")
         if "selfsimilarity" in self.heads:

@@ -84,3 +84,34 @@ def test_aux_discriminative_adds_a_weighted_class_margin_loss_per_auxiliary_head
         assert float(terms[f"{head}_disc"]) == pytest.approx(0.5 * want, rel=1e-5)
     assert float(total) == pytest.approx(sum(float(v) for v in terms.values()), rel=1e-6)
     assert len(extra.variable_groups()["beta"]) == 6
+
+
+def test_combined_loss_is_a_class_margin_loss_on_the_normalised_concatenation():
+    embs, labels, keys, queue = _inputs(seed=2)
+    seed = tf.constant([7, 8], tf.int64)
+    plain = _objective()
+    extra = _objective(diva_combined_loss=0.7)
+    assert extra.log_names()[:5] == HEADS + ["combined"]
+    _, base_terms = plain(embs, labels, seed, keys, queue)
+    total, terms = extra(embs, labels, seed, keys, queue)
+    for h in HEADS:
+        assert float(terms[h]) == pytest.approx(float(base_terms[h]), rel=1e-6)
+    # Four unit-norm heads concatenated: each block of the combined embedding has norm 1/2.
+    combined = np.concatenate([embs[h].numpy().astype(np.float64) for h in HEADS], axis=1) / 2.0
+    sub_seed = seed + tf.constant([0, 1_000_003], tf.int64) * 7
+    a, p, n, valid = (t.numpy() for t in miners.distance_weighted_triplets(
+        tf.constant(combined, tf.float32), labels, sub_seed))
+    assert valid.all()
+    want = ref.margin_loss(combined, labels.numpy(), np.full(4, 1.2), list(zip(a, p, n)))
+    assert float(terms["combined"]) == pytest.approx(0.7 * want, rel=1e-5)
+    assert float(total) == pytest.approx(sum(float(v) for v in terms.values()), rel=1e-6)
+    assert len(extra.variable_groups()["beta"]) == 4
+
+
+def test_combined_loss_needs_several_heads():
+    from diva_tf.config import ConfigError
+    with pytest.raises(ConfigError, match="--diva_combined_loss needs at least two heads"):
+        Config(diva_features=["discriminative"], diva_rho_decorrelation=[],
+               diva_combined_loss=1.0).validate()
+    with pytest.raises(ConfigError, match="--diva_combined_loss must be >= 0"):
+        Config(diva_combined_loss=-1.0).validate()
