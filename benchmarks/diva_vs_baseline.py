@@ -195,17 +195,39 @@ def row_flags(a, row: str) -> list[str]:
     return flags
 
 
+def train_flags(a, row: str, seed: int) -> list[str]:
+    return [*common_flags(a), *row_flags(a, row), *a.extra.split(), f"--seed={seed}",
+            f"--workdir={run_dir(a, row, seed)}"]
+
+
+def check_same_settings(a, row: str, seed: int) -> None:
+    """A finished run folder is reused only if it was trained with this row's flags (e.g. not with
+    another --chosen): the same rule as `diva_tf.train` applies when it resumes a run."""
+    from diva_tf.config import Config, ConfigError
+    from diva_tf.flags import FLAGS, config_from_flags, define_flags
+    from diva_tf.train import check_resume_compatible
+
+    define_flags()
+    FLAGS.unparse_flags()
+    FLAGS(["diva_vs_baseline", *train_flags(a, row, seed)])
+    workdir = run_dir(a, row, seed)
+    try:
+        check_resume_compatible(Config.load(os.path.join(workdir, "config.json")), config_from_flags())
+    except ConfigError as e:
+        raise SystemExit(f"{row} seed {seed}: {e}. Pass --tag (or --runs_dir) to train these "
+                         "settings in another folder.") from None
+
+
 def train(a, row: str, seed: int) -> float:
     """Runs (or resumes) one training run; returns its wall time in seconds."""
     workdir = run_dir(a, row, seed)
     timing = os.path.join(workdir, "wall_time.json")
     if finished(workdir, a.epochs):
+        check_same_settings(a, row, seed)
         if os.path.exists(timing):
             return json.load(open(timing))["seconds"]
         return float("nan")
-    flags = row_flags(a, row)
-    cmd = [a.python, "-m", "diva_tf.train", *common_flags(a), *flags, *a.extra.split(),
-           f"--seed={seed}", f"--workdir={workdir}"]
+    cmd = [a.python, "-m", "diva_tf.train", *train_flags(a, row, seed)]
     os.makedirs(workdir, exist_ok=True)
     previous = json.load(open(timing))["seconds"] if os.path.exists(timing) else 0.0
     print(f"[{time.strftime('%H:%M:%S')}] {row} seed {seed}: {' '.join(cmd)}", flush=True)
@@ -411,6 +433,7 @@ def main(argv=None) -> int:
                 metrics = read_metrics(run_dir(a, src, seed))
                 if not finished(run_dir(a, src, seed), a.epochs):
                     continue
+                check_same_settings(a, src, seed)
                 r = untrained(metrics) if row == "random_heads" else select(metrics)
                 per_seed.append({**r, "seed": seed})
                 if row != "random_heads":

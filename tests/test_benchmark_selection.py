@@ -75,3 +75,22 @@ def test_row_flags_fill_in_chosen_flags_and_head_weight_combinations():
 def test_chosen_row_description_names_its_head_dimensions(chosen, dims):
     a = bench.parse_args([f"--chosen={chosen}"])
     assert bench.describe(a, "diva_chosen") == f"DiVA, chosen on validation ({dims}: {chosen})"
+
+
+def test_a_finished_run_with_other_flags_is_refused_not_reused(tmp_path):
+    a = bench.parse_args([f"--runs_dir={tmp_path}", "--data_dir=data/emoji",
+                          "--chosen=--diva_moco_temperature=0.1"])
+    workdir = bench.run_dir(a, "diva_chosen", 0)
+    os.makedirs(workdir)
+    # What `diva_tf.train` saves for exactly these flags: accepted.
+    from diva_tf.flags import FLAGS, config_from_flags, define_flags
+    define_flags()
+    FLAGS.unparse_flags()
+    FLAGS(["x", *bench.train_flags(a, "diva_chosen", 0)])
+    cfg = config_from_flags()
+    cfg.save(os.path.join(workdir, "config.json"))
+    bench.check_same_settings(a, "diva_chosen", 0)
+    # The same folder under another --chosen: a clear refusal naming the differing flag.
+    cfg.replace(diva_aux_discriminative=1.0).save(os.path.join(workdir, "config.json"))
+    with pytest.raises(SystemExit, match="--diva_aux_discriminative: run has 1.0, now 0.0.*--tag"):
+        bench.check_same_settings(a, "diva_chosen", 0)
