@@ -36,14 +36,20 @@ def test_summary_and_png(tmp_path):
     # and a record without test metrics reports None rather than another epoch's value.
     assert got["best_val"]["disc"] == {"epoch": 2, "val_recall@1": 0.7, "test_recall@1": None}
     assert got["epochs"] == 3 and got["last"] == {"train/loss": 0.5}
-    assert got["selected"] == {"embedding": "disc", "epoch": 2, "val_recall@1": 0.7, "test_recall@1": None}
+    assert got["selected"] == {"embedding": "disc", "epoch": 2, "val_recall@1": 0.7, "test_recall@1": None,
+                               "val_mean_after_epoch10": None, "last_test_recall@1": 0.6}
+    later = records + [{"epoch": 11, "val/disc/recall@1": 0.6},
+                       {"epoch": 12, "val/disc/recall@1": 0.8, "test/disc/recall@1": 0.55}]
+    sel = plot_diagnostics.summarise(later)["selected"]
+    assert sel["epoch"] == 12 and sel["val_mean_after_epoch10"] == pytest.approx(0.7)
+    assert sel["last_test_recall@1"] == 0.55
     two = {"epoch": 1, "val/combined[1,1]/recall@1": 0.6, "test/combined[1,1]/recall@1": 0.5,
            "val/combined[1,0.5]/recall@1": 0.8, "test/combined[1,0.5]/recall@1": 0.4,
            "val/a/recall@1": 0.9, "test/a/recall@1": 0.9}
     sel = plot_diagnostics.summarise([{"epoch": 0}, two])["selected"]
     assert (sel["embedding"], sel["test_recall@1"]) == ("combined[1,0.5]", 0.4)  # heads alone: not candidates
     assert plot_diagnostics.table({"r": {"epochs": 1, "selected": sel}}).splitlines()[-1] == \
-        "| r | 1 | combined[1,0.5] | 1 | 80.00 | 40.00 |"
+        "| r | 1 | combined[1,0.5] | 1 | 80.00 | 40.00 | – | 40.00 |"
     out = str(tmp_path / "plot.png")
     assert plot_diagnostics.main(["--runs", run, "--out", out, "--summary", str(tmp_path / "s.json")]) == 0
     with open(out, "rb") as f:
