@@ -43,6 +43,8 @@ class EpochEnd(keras.callbacks.Callback):
         record.update({f"train/{k}": float(np.mean(v)) for k, v in (logs or {}).items()})
         net_opt = self.trainer.optimizers["network"]
         record["lr"] = float(net_opt.learning_rate)
+        if "heads" in self.trainer.optimizers:
+            record["lr_heads"] = float(self.trainer.optimizers["heads"].learning_rate)
         for task, beta in self.trainer.objective.betas.items():
             record[f"beta_mean/{task}"] = float(np.mean(beta.numpy()))
         improved = False

@@ -133,6 +133,8 @@ class Config:
     # ---- optimisation ---------------------------------------------------------------------
     optimizer: str = _f("adam", "adam (coupled L2, as DiVA) | adamw (decoupled decay).")
     lr: float = _f(1e-5, "Network learning rate.")
+    fc_lr: float = _f(-1.0, "Learning rate of the embedding heads (same optimizer and weight decay "
+                      "as the network, own schedule-shaped lr); -1 = the heads share --lr, as DiVA.")
     decay: float = _f(4e-4, "Weight decay of the network variables (coupled L2 for adam).")
     scheduler: str = _f("step", " | ".join(SCHEDULES))
     tau: list = _f([10000], "Step-decay milestones in epochs.")
@@ -228,6 +230,7 @@ class Config:
              f"--head_pooling={','.join(self.head_pooling)}: one value or one per head "
              f"({len(feats)}) out of {', '.join(POOLINGS)}")
         need(self.gem_p > 0, "--gem_p must be positive")
+        need(self.fc_lr == -1 or self.fc_lr > 0, f"--fc_lr={self.fc_lr}: expected -1 (share --lr) or > 0")
         need(self.diva_aux_discriminative >= 0, "--diva_aux_discriminative must be >= 0")
         need(self.diva_combined_loss >= 0, "--diva_combined_loss must be >= 0")
         need(self.diva_combined_loss == 0 or len(feats) > 1,

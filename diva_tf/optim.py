@@ -2,7 +2,8 @@
 the registries of --optimizer and --scheduler.
 
 network: lr 1e-5 with *coupled* L2 (4e-4 * w added to the gradient before Adam, not AdamW);
-betas: lr 5e-4, no decay; regressors: lr 1e-5, no decay; proxies (proxy loss only).
+heads (only with --fc_lr > 0): the network's optimizer and decay at their own lr; betas: lr 5e-4, no
+decay; regressors: lr 1e-5, no decay; proxies (proxy loss only).
 Every group follows the same epoch-wise schedule shape. TensorFlow is imported only when an
 optimizer or a schedule is built, so `diva_tf.config` validates names without loading it.
 """
@@ -57,21 +58,27 @@ def schedule_from_config(cfg, steps_per_epoch: int):
                              warmup_epochs=cfg.warmup_epochs)
 
 
+DECAYED_GROUPS = ("network", "heads")
+
+
 def make_optimizers(learning_rates: dict, schedule, optimizer: str = "adam", decay: float = 0.0) -> dict:
     """{group: optimizer} for {group: base lr}; `schedule(base_lr)` is a group's lr schedule. The
-    network group uses `optimizer` (an OPTIMIZERS name) with `decay`; the others plain Adam."""
+    DECAYED_GROUPS use `optimizer` (an OPTIMIZERS name) with `decay`; the others plain Adam."""
     def build(group, lr):
-        if group == "network":
+        if group in DECAYED_GROUPS:
             return OPTIMIZERS[optimizer].build(schedule(lr), decay, group)
         return OPTIMIZERS["adam"].build(schedule(lr), 0.0, group)
     return {group: build(group, lr) for group, lr in learning_rates.items()}
 
 
 def optimizers_from_config(cfg, steps_per_epoch: int) -> dict:
-    """{'network', 'beta', 'regressor', 'proxy'} -> optimizer, from --lr, --loss_margin_beta_lr,
-    --diva_decorrnet_lr, --loss_proxy_lr, --optimizer / --decay and the schedule flags."""
+    """{'network', ['heads',] 'beta', 'regressor', 'proxy'} -> optimizer, from --lr, --fc_lr,
+    --loss_margin_beta_lr, --diva_decorrnet_lr, --loss_proxy_lr, --optimizer / --decay and the
+    schedule flags."""
     learning_rates = {"network": cfg.lr, "beta": cfg.loss_margin_beta_lr,
                       "regressor": cfg.diva_decorrnet_lr, "proxy": cfg.loss_proxy_lr}
+    if cfg.fc_lr > 0:
+        learning_rates["heads"] = cfg.fc_lr
     return make_optimizers(learning_rates, schedule_from_config(cfg, steps_per_epoch),
                            cfg.optimizer, cfg.decay)
 

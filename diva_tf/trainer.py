@@ -15,9 +15,9 @@ import tensorflow as tf
 from diva_tf.config import Config
 from diva_tf.distribute import num_workers
 from diva_tf.key_queue import enqueue
-from diva_tf.model import build_embedding_model
+from diva_tf.model import build_embedding_model, head_variables
 from diva_tf.objective import DiVAObjective
-from diva_tf.optim import OPTIMIZERS, add_coupled_l2, optimizers_from_config
+from diva_tf.optim import DECAYED_GROUPS, OPTIMIZERS, add_coupled_l2, optimizers_from_config
 
 
 def assign_in_replica_context(pairs) -> None:
@@ -90,7 +90,13 @@ class DiVATrainer(keras.Model):
         iterator (shifting every epoch's batches by one) and fails under MultiWorkerMirroredStrategy."""
 
     def variable_groups(self) -> dict:
-        return {"network": list(self.embedder.trainable_variables), **self.objective.variable_groups()}
+        network = list(self.embedder.trainable_variables)
+        if "heads" not in self.optimizers:
+            return {"network": network, **self.objective.variable_groups()}
+        heads = head_variables(self.embedder)
+        in_heads = {id(v) for v in heads}
+        return {"network": [v for v in network if id(v) not in in_heads], "heads": heads,
+                **self.objective.variable_groups()}
 
     def build_optimizers(self) -> None:
         """Create every optimizer slot now (under the strategy scope), not lazily in a replica."""
@@ -151,7 +157,7 @@ class DiVATrainer(keras.Model):
         for group, variables in groups.items():
             g = flat_grads[start:start + len(variables)]
             start += len(variables)
-            if group == "network" and OPTIMIZERS[self.cfg.optimizer].coupled_decay:
+            if group in DECAYED_GROUPS and OPTIMIZERS[self.cfg.optimizer].coupled_decay:
                 g = add_coupled_l2(g, variables, self.cfg.decay / replicas)
             grads[group] = (g, variables)
         return grads, total, {**terms, **stats}, keys

@@ -49,6 +49,7 @@ def test_decorrelation_directions_each_aux_to_discriminative():
     (dict(diva_ssl="simclr"), "--diva_ssl='simclr': unknown self-supervised task"),
     (dict(head_dims=[256, 128]), "--head_dims=256,128: one positive dimension per head"),
     (dict(head_dims=[256, 128, 0, 128]), "--head_dims=256,128,0,128: one positive"),
+    (dict(fc_lr=0.0), r"--fc_lr=0.0: expected -1 \(share --lr\) or > 0"),
 ])
 def test_inconsistent_settings_name_the_flag(kw, needle):
     with pytest.raises(ConfigError, match=needle):

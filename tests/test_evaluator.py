@@ -83,3 +83,16 @@ def test_val_improved_embeds_the_test_split_only_when_selection_could_pick_the_e
     assert calls.count("test") == 3
     always = Evaluator(cfg, splits)
     assert always.test_always and not evaluator.test_always
+
+
+def test_validation_k_means_uses_the_validation_class_count(setup):
+    """Hand-worked: validation is 1 class x 4 images. With the training-class count (4, spec 7.2's
+    rule for the test split) k-means would put every image in its own cluster (NMI 0, F1 0 by the
+    sklearn conventions, whatever the embedding); with k = 1 class all four share one cluster, so
+    NMI = F1 = 1. The test split keeps the training-class count (3 train + 1 val classes)."""
+    cfg, splits = setup
+    assert (splits.val.num_classes, len(splits.val.labels)) == (1, 4)
+    scores = Evaluator(cfg, splits)(build_embedding_model(cfg))
+    assert scores["val/discriminative/n_clusters"] == 1
+    assert scores["val/discriminative/nmi"] == 1.0 and scores["val/discriminative/f1"] == 1.0
+    assert scores["test/discriminative/n_clusters"] == 4

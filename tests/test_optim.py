@@ -32,7 +32,8 @@ def test_network_group_is_adam_with_coupled_l2():
     var = tf.Variable(w0, dtype=tf.float64)
     for g in grads:
         opt.apply(add_coupled_l2([tf.constant(g)], [var], cfg.decay), [var])
-    # Keras's Adam puts eps outside the bias-corrected sqrt like torch; compare to the torch rule.
+    # Keras adds eps to the uncorrected sqrt(v), torch to the corrected one: an effective eps of
+    # 1e-8 / sqrt(1 - 0.999^t), far below |g| ~ 1 here; compare to the torch rule.
     np.testing.assert_allclose(var.numpy(), _torch_adam_l2(w0, grads, 1e-2, 0.1), rtol=1e-6)
 
 

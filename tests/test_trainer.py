@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from diva_tf.config import Config
+from diva_tf.optim import ADAM_EPSILON
 from diva_tf.trainer import DiVATrainer
 
 CFG = Config(backbone="tiny", backbone_weights="none", bs=8, embed_dim=8, diva_decorrnet_dim=16,
@@ -132,3 +133,31 @@ def test_mixed_precision_keeps_losses_and_embeddings_float32():
         assert np.isfinite(hist.history["loss"][0])
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_fc_lr_gives_the_heads_their_own_learning_rate():
+    """--fc_lr: heads in their own Adam group. Closed form of Keras Adam's first step (m = 0.1 g,
+    v = 0.001 g^2, step lr * sqrt(0.001) / 0.1 * m / (sqrt(v) + eps)): w1 = w0 - lr * g / (|g| +
+    eps / sqrt(0.001)), ~ w0 - lr * sign(g), with lr = --fc_lr for the heads' kernels and biases and
+    --lr for every other network variable."""
+    cfg = CFG.replace(lr=1e-5, fc_lr=1e-2, decay=0.0)
+    t = _trainer(tf.distribute.get_strategy(), cfg)
+    heads = {id(v) for v in t.variable_groups()["heads"]}
+    assert len(heads) == 8 and not heads & {id(v) for v in t.variable_groups()["network"]}
+    assert len(heads) + len(t.variable_groups()["network"]) == len(t.embedder.trainable_variables)
+    batch = _batch(5)
+    grads, *_ = t.compute_gradients(*batch)
+    before = {id(v): v.numpy().copy() for group in ("network", "heads") for v in grads[group][1]}
+    t.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1, verbose=0)
+    for group, lr in (("network", 1e-5), ("heads", 1e-2)):
+        for g, v in zip(*grads[group]):
+            g, w0 = g.numpy().astype(np.float64), before[id(v)]
+            step = v.numpy().astype(np.float64) - w0
+            ulp = np.spacing(np.abs(w0).astype(np.float32)).astype(np.float64)  # w1 is float32
+            # |g| near eps: float noise between the two gradient computations moves such an
+            # element by some fraction of lr; Adam's first step is bounded by lr everywhere.
+            clear = np.abs(g) > 1e-5
+            assert clear.mean() > 0.5
+            want = -lr * g[clear] / (np.abs(g[clear]) + ADAM_EPSILON / np.sqrt(1e-3))
+            assert np.all(np.abs(step[clear] - want) <= 1e-3 * lr + ulp[clear])
+            assert np.all(np.abs(step) <= lr + ulp)

@@ -31,9 +31,13 @@ class Evaluator:
         self.splits = {"test": splits.test}
         if splits.val is not None:
             self.splits["val"] = splits.val
-        # k-means with the number of training classes (spec 7.2), counted before any validation
-        # carve-out so the numbers match `python -m diva_tf.evaluate`.
-        self.n_clusters = splits.train.num_classes + (splits.val.num_classes if splits.val else 0)
+        # Test k-means: the number of training classes (spec 7.2), counted before any validation
+        # carve-out so the numbers match `python -m diva_tf.evaluate`. Validation: its own class
+        # count, since the training count can exceed its images (k capped at n: every image its own
+        # cluster, and NMI/F1 the same constant every epoch).
+        self.n_clusters = {"test": splits.train.num_classes + (splits.val.num_classes if splits.val else 0)}
+        if splits.val is not None:
+            self.n_clusters["val"] = splits.val.num_classes
         primary = (combination_name(self.heads, self.combinations[0]) if self.combinations
                    else self.heads[0])
         self.selection_key = f"{'val' if 'val' in self.splits else 'test'}/{primary}/recall@1"
@@ -55,7 +59,7 @@ class Evaluator:
         embs, labels = embed_dataset(embed, data.eval_dataset(self.splits[name], self.cfg), verbose=False)
         results = evaluate_embeddings(
             embs, labels, heads=self.heads, combinations=self.combinations,
-            recall_k=self.cfg.recall_k or None, n_clusters=self.n_clusters,
+            recall_k=self.cfg.recall_k or None, n_clusters=self.n_clusters[name],
             dataset=self.cfg.dataset, seed=FAISS_DEFAULT_SEED)
         return {f"{name}/{emb_name}/{metric}": float(value)
                 for emb_name, metrics in results.items() for metric, value in metrics.items()
