@@ -44,6 +44,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -470,7 +471,7 @@ def main(argv=None) -> int:
             f"evaluation). wall/run = median over seeds of the wall time of one training run (incl. "
             f"start-up and per-epoch evaluation; a run that shared the CPU with others takes "
             f"several times longer, hence the median). Command: `python benchmarks/diva_vs_baseline.py "
-            f"{' '.join(sys.argv[1:])}`\n")
+            f"{shlex.join(sys.argv[1:])}`\n")
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, f"{name}_diva_vs_baseline.md"), "w") as f:
         f.write(md + "\n" + note)
