@@ -5,47 +5,37 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results/issue12/runs
+# label=folder under $R; "%s" in both is replaced by each seed of the row's seed list.
 rows=(
-  baseline_512_s0=emoji/discriminative_seed0
-  baseline_512_s1=emoji/discriminative_seed1
-  baseline_512_s2=emoji/discriminative_seed2
-  baseline_2048_s0=emoji_variants/discriminative_d2048_seed0
-  baseline_128_15ep_s0=emoji_variants/discriminative128_seed0
-  baseline_512_fclr1e-3_s0=emoji_variants/discriminative_fclr1e-3_seed0
-  baseline_512_96px_s0=emoji_96px/discriminative_seed0
-  baseline_512_96px_s1=emoji_96px/discriminative_seed1
-  baseline_512_96px_s2=emoji_96px/discriminative_seed2
-  baseline_512_gem_96px_s0=emoji_variants/discriminative_gem_96px_seed0
-  baseline_512_gem_96px_s1=emoji_variants/discriminative_gem_96px_seed1
-  published_s0=emoji/diva_published_seed0
-  published_s1=emoji/diva_published_seed1
-  published_s2=emoji/diva_published_seed2
-  published_t0.1_15ep_s0=emoji_variants/v_t0.1_seed0
-  aux_t0.1_s0=emoji/diva_aux_seed0
-  aux_t0.1_s1=emoji/diva_aux_seed1
-  aux_t0.1_s2=emoji/diva_aux_seed2
-  aux_t0.1_rho150_s0=emoji_variants/v_auxdisc1_t0.1_rho150_seed0
-  aux_t0.1_pool_s0=emoji_variants/v_auxdisc1_t0.1_pool_seed0
-  aux_t0.1_dims256_s0=emoji_variants/diva_chosen_dims256_seed0
-  aux_t0.1_realaug_s0=emoji_variants/diva_chosen_realaug_seed0
-  aux_t0.1_realaug_s1=emoji_variants/diva_chosen_realaug_seed1
-  aux_t0.1_realaug_s2=emoji_variants/diva_chosen_realaug_seed2
-  aux_t0.1_alpha0.1_s0=emoji_variants/diva_chosen_alpha0.1_seed0
-  aux_t0.1_fixed_s0=emoji_variants/diva_chosen_fixed_seed0
-  aux_t0.1_combined_s0=emoji_variants/diva_chosen_auxcl_seed0
-  combined_t0.1_s0=emoji/diva_chosen_seed0
-  combined_t0.1_s1=emoji/diva_chosen_seed1
-  combined_t0.1_s2=emoji/diva_chosen_seed2
-  combined_t0.1_4x512_s0=emoji_variants/diva_chosen_cl_d512_seed0
-  combined_t0.1_q30_m0.99_s0=emoji_variants/diva_chosen_cl_q30_m0.99_seed0
-  combined_t0.1_96px_s0=emoji_variants/diva_chosen_cl_96px_seed0
-  combined_t0.1_pool_96px_s0=emoji_96px/diva_chosen_seed0
-  combined_t0.1_pool_96px_s1=emoji_96px/diva_chosen_seed1
-  combined_t0.1_pool_96px_s2=emoji_96px/diva_chosen_seed2
+  "baseline_512_s%s=emoji/discriminative_seed%s 0 1 2"
+  "baseline_2048_s0=emoji_variants/discriminative_d2048_seed0"
+  "baseline_128_15ep_s0=emoji_variants/discriminative128_seed0"
+  "baseline_512_fclr1e-3_s0=emoji_variants/discriminative_fclr1e-3_seed0"
+  "baseline_512_96px_s%s=emoji_96px/discriminative_seed%s 0 1 2"
+  "baseline_512_gem_96px_s%s=emoji_variants/discriminative_gem_96px_seed%s 0 1"
+  "published_s%s=emoji/diva_published_seed%s 0 1 2"
+  "published_t0.1_15ep_s0=emoji_variants/v_t0.1_seed0"
+  "aux_t0.1_s%s=emoji/diva_aux_seed%s 0 1 2"
+  "aux_t0.1_rho150_s0=emoji_variants/v_auxdisc1_t0.1_rho150_seed0"
+  "aux_t0.1_pool_s0=emoji_variants/v_auxdisc1_t0.1_pool_seed0"
+  "aux_t0.1_dims256_s0=emoji_variants/diva_chosen_dims256_seed0"
+  "aux_t0.1_realaug_s%s=emoji_variants/diva_chosen_realaug_seed%s 0 1 2"
+  "aux_t0.1_alpha0.1_s0=emoji_variants/diva_chosen_alpha0.1_seed0"
+  "aux_t0.1_fixed_s0=emoji_variants/diva_chosen_fixed_seed0"
+  "aux_t0.1_combined_s0=emoji_variants/diva_chosen_auxcl_seed0"
+  "combined_t0.1_s%s=emoji/diva_chosen_seed%s 0 1 2"
+  "combined_t0.1_4x512_s0=emoji_variants/diva_chosen_cl_d512_seed0"
+  "combined_t0.1_q30_m0.99_s0=emoji_variants/diva_chosen_cl_q30_m0.99_seed0"
+  "combined_t0.1_96px_s0=emoji_variants/diva_chosen_cl_96px_seed0"
+  "combined_t0.1_pool_96px_s%s=emoji_96px/diva_chosen_seed%s 0 1 2"
+  "combined_t0.1_pool_noaux_96px_s%s=emoji_variants/diva_chosen_noaux_96px_seed%s 0 1"
 )
 runs=() labels=()
 for row in "${rows[@]}"; do
-  labels+=("${row%%=*}") runs+=("$R/${row#*=}")
+  read -r spec seeds <<<"$row"
+  for s in ${seeds:-0}; do
+    labels+=("$(printf "${spec%%=*}" "$s")") runs+=("$R/$(printf "${spec#*=}" "$s")")
+  done
 done
 join() { local IFS=,; echo "$*"; }
 python benchmarks/plot_diagnostics.py --out "${TMPDIR:-/tmp}/variants_emoji.png" \
