@@ -28,7 +28,8 @@ rows=(
   "combined_t0.1_q30_m0.99_s0=emoji_variants/diva_chosen_cl_q30_m0.99_seed0"
   "combined_t0.1_96px_s0=emoji_variants/diva_chosen_cl_96px_seed0"
   "combined_t0.1_pool_96px_s%s=emoji_96px/diva_chosen_seed%s 0 1 2"
-  "combined_t0.1_pool_noaux_96px_s%s=emoji_variants/diva_chosen_noaux_96px_seed%s 0 1"
+  "combined_t0.1_pool_noaux_96px_s%s=emoji_variants/diva_chosen_noaux_96px_seed%s 0 1 2"
+  "combined_t0.1_noaux_96px_s0=emoji_variants/diva_chosen_noaux_avg_96px_seed0"
 )
 runs=() labels=()
 for row in "${rows[@]}"; do
