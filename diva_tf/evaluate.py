@@ -1,10 +1,13 @@
-"""Evaluate a trained DiVA model on the test split of its dataset (spec 7): every head alone and
-every weighted head combination, with Recall@k, NMI, F1, mAP@C, MAP@R and R-precision.
+"""Evaluate a trained DiVA model on the test split of its dataset (spec 7), or on every class of
+it (`--classes=all`, e.g. a user's own folder of images): every head alone and every weighted head
+combination, with Recall@k, NMI, F1, mAP@C, MAP@R and R-precision.
 
     python -m diva_tf.evaluate --workdir runs/cub [--checkpoint best|last] [--data_dir DIR]
     python -m diva_tf.evaluate --saved_model export/models/diva[/N] --dataset cub200 --data_dir DIR
         [--eval_combinations "0.5,1,1,1;1,1,1,1"] [--recall_k 1,2,4,8] [--n_clusters N]
         [--output_json results.json] [--save_retrievals 8] [--max_images 500] [--seed 1234]
+    python -m diva_tf.evaluate --saved_model export/models/diva --dataset folder --data_dir DIR \
+        --classes all
 
 The model is either a training run's weights (`diva_tf.workdir.load_model`) or an exported
 SavedModel (its `serve_images` signature; a model base path resolves to its highest version).
@@ -16,7 +19,8 @@ neighbour ties are broken by index, so a run is deterministic.
 Defaults: combinations are --eval_combinations, else the run's configured combinations, else the
 model's head weights (the dataset's published ones, or the exported manifest's). n_clusters is the
 number of training classes of the dataset's split rule (spec 7.2; a validation carve-out does not
-change the test split, and its classes count as training classes here). --max_images caps every
+change the test split, and its classes count as training classes here); with --classes=all, the
+number of classes evaluated. --max_images caps every
 split as the training flag does (quick runs), so it also lowers that class count.
 """
 
@@ -105,24 +109,29 @@ def parse_combinations(text: str | None, n_heads: int) -> list:
 def run(target: Target, combinations=None, recall_k=None, n_clusters: int | None = None,
         seed: int = FAISS_DEFAULT_SEED, output_json: str | None = None,
         save_retrievals_n: int = 0, retrievals_png: str | None = None, retrievals_k: int = 4,
-        verbose: bool = True) -> dict:
-    """Embed the test split of target.cfg, score every head and combination; returns the results
-    {name: metrics} after printing the table and writing the optional JSON and PNG."""
+        verbose: bool = True, classes: str = "test") -> dict:
+    """Embed the test split of target.cfg (classes="test") or every class of its dataset
+    (classes="all"), score every head and combination; returns the results {name: metrics} after
+    printing the table and writing the optional JSON and PNG."""
     from diva_tf import data
+    from diva_tf.data.splits import concat_splits
 
+    if classes not in CLASSES:
+        raise ConfigError(f"--classes={classes!r}: choose one of {', '.join(CLASSES)}")
     cfg = target.cfg
     heads = list(cfg.diva_features)
     combinations = list(combinations or target.combinations)
     recall_k = list(recall_k or default_recall_k(cfg.dataset))
     splits = data.load_splits(cfg.replace(val_classes_fraction=0.0))
-    n_clusters = int(n_clusters or splits.train.num_classes)
-    embs, labels = embed_dataset(target.embed_fn, data.eval_dataset(splits.test, cfg), verbose)
+    split = splits.test if classes == "test" else concat_splits(splits.train, splits.test)
+    n_clusters = int(n_clusters or (splits.train if classes == "test" else split).num_classes)
+    embs, labels = embed_dataset(target.embed_fn, data.eval_dataset(split, cfg), verbose)
     results = evaluate_embeddings(embs, labels, heads, combinations, recall_k, n_clusters,
                                   cfg.dataset, seed)
     print(format_table(results))
     if output_json:
         write_json(output_json, results, {
-            **target.source, "dataset": cfg.dataset, "split": "test", "n_images": len(labels),
+            **target.source, "dataset": cfg.dataset, "split": classes, "n_images": len(labels),
             "heads": heads, "combinations": [list(c) for c in combinations],
             "recall_k": recall_k, "n_clusters": n_clusters, "seed": seed,
             "max_images": cfg.max_images})
@@ -131,12 +140,16 @@ def run(target: Target, combinations=None, recall_k=None, n_clusters: int | None
         emb = named_embeddings(embs, heads, combinations)[primary]
         path = retrievals_png or os.path.join(os.path.dirname(output_json or "") or ".",
                                               "retrievals.png")
-        save_retrievals(path, emb, labels, splits.test.images, save_retrievals_n, retrievals_k, seed)
+        save_retrievals(path, emb, labels, split.images, save_retrievals_n, retrievals_k, seed,
+                        class_names=split.class_names)
         print(f"retrievals of {primary}: {path}")
     return results
 
 
 # ---- CLI ------------------------------------------------------------------------------------
+CLASSES = ("test", "all")
+
+
 def define_flags() -> None:
     from absl import flags
 
@@ -147,6 +160,12 @@ def define_flags() -> None:
     flags.DEFINE_string("dataset", None, "Dataset name (default: the run's or the export's).")
     flags.DEFINE_string("data_dir", None, "Dataset folder (default: the run's).")
     flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir (default: the run's).")
+    flags.DEFINE_enum("classes", "test", list(CLASSES), "test: the test split of the dataset's "
+                      "split rule; all: every class of the dataset (e.g. your whole folder).")
+    flags.DEFINE_list("train_classes", None, "folder dataset: training class folders (the test "
+                      "split is the rest; default: the run's, else the first half).")
+    flags.DEFINE_list("test_classes", None, "folder dataset: test class folders (default: the "
+                      "run's, else the second half of the sorted class folders).")
     flags.DEFINE_string("eval_combinations", None, "Head-weight combinations separated by ';', "
                         "e.g. '0.5,1,1,1;1,1,1,1' (default: the model's).")
     flags.DEFINE_list("recall_k", [], "Recall@k cut-offs (default 1,2,4,8; SOP 1,10,100,1000).")
@@ -169,8 +188,8 @@ def target_from_flags(f) -> Target:
     target = (workdir_target(f.workdir, f.checkpoint) if f.workdir
               else saved_model_target(f.saved_model, f.dataset))
     overrides = {"max_images": f.max_images}
-    for name in ("dataset", "data_dir", "tfds_data_dir"):
-        if getattr(f, name) is not None:
+    for name in ("dataset", "data_dir", "tfds_data_dir", "train_classes", "test_classes"):
+        if getattr(f, name, None) is not None:
             overrides[name] = getattr(f, name)
     if f.batch_size:
         overrides["eval_batch_size"] = f.batch_size
@@ -202,7 +221,7 @@ def main(argv) -> int:
         target = target_from_flags(f)
         run(target, parse_combinations(f.eval_combinations, len(target.cfg.diva_features)),
             recall_k, f.n_clusters, f.seed, f.output_json, f.save_retrievals, f.retrievals_png,
-            f.retrievals_k)
+            f.retrievals_k, classes=f.classes)
     except (ConfigError, DataError, ExportError) as e:
         logging.error("%s", e)
         return 2

@@ -15,8 +15,8 @@ from PIL import Image
 from diva_tf import evaluate
 from diva_tf.config import ConfigError
 from diva_tf.evaluation import embed_dataset, format_table, save_retrievals, write_json
-from diva_tf.evaluation.retrievals import (CORRECT_FRAME, QUERY_FRAME, WRONG_FRAME, pick_queries,
-                                          retrieval_grid)
+from diva_tf.evaluation.retrievals import (CAPTION_LINE, CORRECT_FRAME, QUERY_FRAME, WRONG_FRAME,
+                                          pick_queries, retrieval_grid)
 from export_helpers import PYTHON, check, make_workdir, run
 from synthetic import make_folder_dataset
 
@@ -94,19 +94,39 @@ def test_save_retrievals_png(tmp_path):
     emb = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
     images = [np.full((20, 30, 3), 40 * c, np.uint8) for c in labels]
     path = str(tmp_path / "r.png")
-    queries = save_retrievals(path, emb, labels, images, n_queries=4, k=2, seed=3, tile=16)
+    shown = save_retrievals(path, emb, labels, images, n_queries=4, k=2, seed=3, tile=16)
+    queries = shown["queries"]
     assert queries.tolist() == pick_queries(6, 4, 3).tolist() and len(set(queries.tolist())) == 4
     png = Image.open(path).convert("RGB")
     cell = 16 + 2 * 4
     assert png.size == (3 * cell + 4, 4 * cell)
     nearest = {0: [1, 5], 1: [0, 5], 2: [3, 5], 3: [2, 5], 4: [3, 2], 5: [1, 0]}
     for row, q in enumerate(queries):
+        assert shown["neighbours"][row].tolist() == nearest[q]
+        # cosine of the angle between query and neighbour, by hand
+        expected = [np.cos(angles[q] - angles[n]) for n in nearest[q]]
+        np.testing.assert_allclose(shown["scores"][row], expected, atol=1e-6)
         assert png.getpixel((cell // 2, row * cell + cell // 2)) == (40 * labels[q],) * 3
         for j, n in enumerate(nearest[q]):
             x = (j + 1) * cell + 4
             frame = CORRECT_FRAME if labels[n] == labels[q] else WRONG_FRAME
             assert png.getpixel((x, row * cell)) == frame
             assert png.getpixel((x + cell // 2, row * cell + cell // 2)) == (40 * labels[n],) * 3
+
+
+def test_save_retrievals_captions(tmp_path):
+    labels = np.array([0, 0, 1, 1])
+    emb = np.eye(4, 3, dtype=np.float32)[[0, 0, 1, 1]]
+    images = [np.full((8, 8, 3), 200, np.uint8)] * 4
+    path = str(tmp_path / "c.png")
+    save_retrievals(path, emb, labels, images, n_queries=2, k=1, seed=0, tile=64,
+                    class_names=["cat", "dog"])
+    png = np.asarray(Image.open(path).convert("RGB"))
+    cell, line = 64 + 2 * 4, CAPTION_LINE
+    assert png.shape[:2] == (2 * (cell + 2 * line), 2 * cell + 4)
+    band = png[cell:cell + 2 * line]  # the first row's captions: class name and score lines
+    assert (band < 100).all(axis=-1).any(), "caption text is drawn in black"
+    assert (png[cell + 2 * line - 1:cell + 2 * line] == 255).all(), "band ends before the next row"
 
 
 # ---- the CLI -----------------------------------------------------------------------------------
@@ -141,7 +161,7 @@ def test_workdir_and_saved_model_give_identical_results(run_and_data, tmp_path):
     saved = json.load(open(out))
     assert saved["results"]["intra"] == from_workdir["intra"]
     assert saved["meta"]["n_clusters"] == 6 and saved["meta"]["workdir"] == os.path.abspath(workdir)
-    assert Image.open(tmp_path / "retrievals.png").size == (5 * 104 + 4, 3 * 104)
+    assert Image.open(tmp_path / "retrievals.png").size == (5 * 104 + 4, 3 * (104 + 2 * CAPTION_LINE))
 
     base = str(tmp_path / "models" / "diva")
     export.export_model(model, cfg, base, head_weights=(0.5, 1.0, 1.0, 1.0))
@@ -151,6 +171,35 @@ def test_workdir_and_saved_model_give_identical_results(run_and_data, tmp_path):
     assert (target.cfg.crop, target.cfg.resize, target.cfg.dataset) == (32, 36, "folder")
     from_export = evaluate.run(target, combos, [1, 2], verbose=False)
     assert from_export == from_workdir
+
+
+def test_all_classes_of_a_folder(run_and_data):
+    """--classes=all scores every image of every class folder (12 x 5), with k-means over the 12
+    classes; recall and MAP@R equal the brute-force numpy reference on the same embeddings."""
+    from diva_tf import data
+    from diva_tf.data import folder
+    from diva_tf.data.splits import Split
+    from reference_metrics import retrieval
+
+    workdir, data_dir, model, cfg = run_and_data
+    target = evaluate.target_from_flags(flags(workdir=workdir, data_dir=data_dir))
+    results = evaluate.run(target, [], [1, 2], verbose=False, classes="all")
+    scores = results["discriminative"]
+    assert (scores["n_queries"], scores["n_clusters"]) == (60, 12)
+    train, test = folder.load(target.cfg)
+    paths = [p for _, files in train + test for p in files]
+    labels = [c for c, (_, files) in enumerate(train + test) for _ in files]
+    every = Split(paths, labels, [name for name, _ in train + test])
+    images = np.concatenate([x for x, _ in data.eval_dataset(every, target.cfg)])
+    emb = np.asarray(model(images, training=False)["discriminative"])
+    ref = retrieval(emb, every.labels, [1, 2])
+    for name in ("recall@1", "recall@2", "map@r"):
+        assert scores[name] == pytest.approx(ref[name], abs=1e-6)
+    explicit = evaluate.target_from_flags(flags(workdir=workdir, data_dir=data_dir,
+                                                test_classes=["class_00", "class_03"]))
+    assert evaluate.run(explicit, [], [1], verbose=False)["discriminative"]["n_queries"] == 10
+    with pytest.raises(ConfigError, match="--classes"):
+        evaluate.run(target, [], [1], verbose=False, classes="train")
 
 
 def test_flag_errors(run_and_data):
@@ -177,6 +226,6 @@ def test_cli_subprocess(run_and_data, tmp_path):
     assert list(data["results"]["discriminative"])[:2] == ["recall@1", "recall@4"]
     assert data["meta"]["n_images"] == 20 and data["meta"]["n_clusters"] == 3
     assert not math.isnan(data["results"]["combined[0.5,1,1,1]"]["map@r"])
-    assert Image.open(tmp_path / "r.png").size == (5 * 104 + 4, 2 * 104)
+    assert Image.open(tmp_path / "r.png").size == (5 * 104 + 4, 2 * (104 + 2 * CAPTION_LINE))
     bad = run([PYTHON, "-m", "diva_tf.evaluate", f"--workdir={workdir}", "--recall_k=0"])
     assert bad.returncode == 2 and "recall_k" in bad.stderr

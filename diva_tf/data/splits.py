@@ -64,6 +64,16 @@ def split_from_classes(classes: ClassList) -> Split:
                  class_names=[name for name, _ in classes])
 
 
+def concat_splits(*splits: Split) -> Split:
+    """One split holding every class of `splits`, in order (labels offset, class names kept)."""
+    images, labels, names = [], [], []
+    for split in splits:
+        images.extend(split.images)
+        labels.append(split.labels + len(names))
+        names.extend(split.class_names)
+    return Split(images=images, labels=np.concatenate(labels), class_names=names)
+
+
 def half_split(classes: list) -> tuple[list, list]:
     """First floor(C/2) classes train, the rest test (DiVA's rule for CUB, CARS and emoji)."""
     n_train = len(classes) // 2
