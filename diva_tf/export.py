@@ -7,6 +7,17 @@ Layout (what TF Serving watches): `<export_dir>/<version>/saved_model.pb`, `vari
 `assets/diva_manifest.json`. A version is written to a hidden temporary folder beside it and
 renamed into place, so a server polling `<export_dir>` never sees half an export.
 
+Temporary folders are named `.tmp-<version>-<host>.<pid>-XXXX` (and `.old-<version>-...` for a
+version moved aside by --overwrite): the next export into the same `<export_dir>` removes those
+whose process is dead on this host, and puts an `.old-` copy back if its version is missing (a
+crash between the two renames of a swap). Folders of a live process, of another host, or in an
+older naming without the owner are left alone (remove them by hand when no export is running).
+
+The manifest's `source` is portable, not a path of the machine that trained: `run` (the run
+folder's name), `workdir` (the run folder relative to the current directory when it is inside it,
+else null), `checkpoint`, and `config` (the run's config.json, with every absolute path in it
+likewise made relative to the current directory, or reduced to its last component).
+
 Signatures:
 - `serving_default`: `image_bytes` tf.string [n] (JPEG/PNG/GIF/BMP/WebP, any size) -> decoded to
   RGB, then the evaluation transform (resize the shorter side to `resize`, centre crop `crop`) and
@@ -24,7 +35,10 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 
 import numpy as np
@@ -74,7 +88,10 @@ def read_manifest(version_dir: str) -> dict:
     if not os.path.exists(path):
         raise ExportError(f"{version_dir} has no assets/{MANIFEST_FILE}: not a diva_tf export")
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except ValueError as e:
+            raise ExportError(f"{path} is not valid JSON ({e}): re-export the model") from None
 
 
 def fingerprint(version_dir: str) -> str:
@@ -183,6 +200,80 @@ def make_manifest(cfg, head_weights, version: int, metrics: dict | None, source:
     }
 
 
+# ---- hidden temporary folders, owned by a process ------------------------------------------
+_OWNED = re.compile(r"\.(?P<kind>tmp|old)-(?P<target>.+)-(?P<host>[A-Za-z0-9]+)\.(?P<pid>\d+)"
+                    r"-[a-z0-9_]+")
+ASIDE = "previous"  # inside an `.old-` folder: the folder that was replaced
+
+
+def _host() -> str:
+    """This machine's name as it may appear in a folder name (letters and digits only)."""
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def owned_tempdir(parent: str, kind: str, target: str) -> str:
+    """A new hidden folder `.<kind>-<target>-<host>.<pid>-XXXX` in parent. The owner in the name
+    tells a later run whether the folder is a dead process's leftover or a live one's work."""
+    return tempfile.mkdtemp(prefix=f".{kind}-{target}-{_host()}.{os.getpid()}-", dir=parent)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 probes without sending)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def clean_stale(parent: str, target: str | None = None) -> list[str]:
+    """Remove the owned temporary folders in parent (of `target` only, if given) whose process
+    is dead on this host; returns their paths. An `.old-` folder whose target is missing holds
+    the only copy (a crash between the two renames of `swap_in`): it is put back first."""
+    from absl import logging
+
+    removed = []
+    names = sorted(os.listdir(parent)) if os.path.isdir(parent) else []
+    for name in names:
+        m = _OWNED.fullmatch(name)
+        if (not m or target not in (None, m["target"]) or m["host"] != _host()
+                or process_alive(int(m["pid"]))):
+            continue
+        path, final = os.path.join(parent, name), os.path.join(parent, m["target"])
+        previous = os.path.join(path, ASIDE)
+        if m["kind"] == "old" and os.path.isdir(previous) and not os.path.exists(final):
+            os.rename(previous, final)
+            logging.warning("put %s back from %s (its replacement was interrupted)", final, path)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def swap_in(tmp: str, final: str, replace: bool) -> None:
+    """Rename the complete folder tmp to final. An existing final (only if `replace`) is moved
+    into an `.old-` folder first and deleted after, or put back if the rename fails; a crash
+    between the two renames leaves it there for `clean_stale` to restore."""
+    parent, name = os.path.split(final)
+    aside = None
+    if replace and os.path.exists(final):
+        aside = owned_tempdir(parent, "old", name)
+        os.rename(final, os.path.join(aside, ASIDE))
+    try:
+        os.rename(tmp, final)
+    except OSError as e:
+        if aside is not None and not os.path.exists(final):
+            os.rename(os.path.join(aside, ASIDE), final)
+        raise FileExistsError(f"{final} appeared while it was being written (another export or "
+                              f"index build at the same time?): {e}") from None
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
 # ---- publishing -----------------------------------------------------------------------------
 def export_model(model, cfg, export_dir: str, version: int | None = None, head_weights=None,
                  overwrite: bool = False, metrics: dict | None = None,
@@ -190,7 +281,8 @@ def export_model(model, cfg, export_dir: str, version: int | None = None, head_w
     """Write `model` as `<export_dir>/<version>` atomically; returns the version folder.
 
     version defaults to the highest published version + 1. An existing version is refused unless
-    `overwrite`, in which case it is swapped out only after the new one is complete.
+    `overwrite`, in which case it is swapped out only after the new one is complete. Leftovers of
+    dead exports into export_dir are cleaned first.
     """
     heads = list(cfg.diva_features)
     head_weights = tuple(cfg.head_weights if head_weights is None else head_weights)
@@ -198,6 +290,7 @@ def export_model(model, cfg, export_dir: str, version: int | None = None, head_w
         raise ExportError(f"head weights {head_weights} for heads {heads}: need one non-negative "
                           "weight per head, not all zero")
     os.makedirs(export_dir, exist_ok=True)
+    clean_stale(export_dir)
     version = next_version(export_dir) if version is None else int(version)
     if version <= 0:
         raise ExportError(f"--version must be a positive integer, got {version}")
@@ -205,34 +298,38 @@ def export_model(model, cfg, export_dir: str, version: int | None = None, head_w
     if os.path.exists(final) and not overwrite:
         raise ExportError(f"{final} already exists; pass --overwrite to replace it, or omit "
                           "--version to publish the next one")
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+    tmp = owned_tempdir(export_dir, "tmp", str(version))
     try:
         build_archive(model, cfg, head_weights).write_out(tmp, verbose=False)
         os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
         with open(os.path.join(tmp, "assets", MANIFEST_FILE), "w") as f:
             json.dump(make_manifest(cfg, head_weights, version, metrics, source or {}), f, indent=2)
-        _publish(tmp, final, overwrite)
+        swap_in(tmp, final, overwrite)
+    except FileExistsError as e:
+        raise ExportError(str(e)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
-def _publish(tmp: str, final: str, overwrite: bool) -> None:
-    """Atomic rename of a complete export into its version folder (an overwritten version is
-    moved aside first, and put back if the rename fails)."""
-    aside = None
-    if overwrite and os.path.exists(final):
-        aside = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(final))
-        os.rename(final, os.path.join(aside, "v"))
-    try:
-        os.rename(tmp, final)
-    except OSError as e:
-        if aside is not None and not os.path.exists(final):
-            os.rename(os.path.join(aside, "v"), final)
-        raise ExportError(f"{final} appeared while exporting (concurrent export?): {e}") from None
-    finally:
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+def relative_to_cwd(path: str) -> str | None:
+    """path relative to the current directory if it is inside it, else None."""
+    rel = os.path.relpath(os.path.abspath(path), os.getcwd())
+    return None if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
+def portable_path(path: str) -> str:
+    """A path that says nothing about this machine: relative to the current directory when it is
+    inside it, else its last component."""
+    return relative_to_cwd(path) or os.path.basename(os.path.abspath(path))
+
+
+def run_source(workdir: str, cfg, checkpoint: str) -> dict:
+    """Where an export came from, portably (see the module docstring)."""
+    config = {k: portable_path(v) if isinstance(v, str) and os.path.isabs(v) else v
+              for k, v in cfg.to_dict().items()}
+    return {"run": os.path.basename(os.path.abspath(workdir)), "workdir": relative_to_cwd(workdir),
+            "checkpoint": checkpoint, "config": config}
 
 
 def export_workdir(workdir: str, export_dir: str, version: int | None = None,
@@ -242,9 +339,9 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None,
 
     model, cfg = load_model(workdir, checkpoint)
     weights = tuple(cfg.head_weights if head_weights is None else head_weights)
-    source = {"workdir": os.path.abspath(workdir), "checkpoint": checkpoint}
     return export_model(model, cfg, export_dir, version, weights, overwrite,
-                        run_metrics(workdir, cfg.diva_features, weights, checkpoint), source)
+                        run_metrics(workdir, cfg.diva_features, weights, checkpoint),
+                        run_source(workdir, cfg, checkpoint))
 
 
 @dataclasses.dataclass
@@ -303,8 +400,8 @@ def main(argv) -> int:
             weights = parse_weights(f.head_weights, len(load_config(f.workdir).diva_features))
         path = export_workdir(f.workdir, f.export_dir, f.version, f.checkpoint, weights,
                               f.overwrite)
-    except (ConfigError, ExportError) as e:
-        logging.error("%s", e)
+    except (ConfigError, ExportError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     manifest = read_manifest(path)
     logging.info("exported %s (heads %s, head weights %s, embedding dim %d)", path,

@@ -10,24 +10,51 @@ exact preprocessing a served model applies). Embeddings are unit-norm, so inner 
 similarity and ranks like the Euclidean distance DiVA evaluates with. An index remembers which
 SavedModel built it (path, version, fingerprint) and refuses to be queried with another one:
 embeddings of two different models are not comparable.
+
+Over REST (export/client.py --index) there are no files to fingerprint, and TF Serving's
+/metadata shows only signature defs, so the manifest also keeps a *probe*: a fixed 32x32 PNG and
+its embedding by the building SavedModel. The client sends the probe through the URL and version
+it queries and refuses a server whose embedding of it differs by more than float noise
+(`PROBE_ATOL`): that catches another model behind the same version number and dimension, other
+head weights and other preprocessing, with TF Serving or the stand-in alike.
+
+`build --out DIR` writes the new index into a hidden folder beside DIR and swaps it in at the end
+(`diva_tf.export.swap_in`): a killed build leaves the previous index readable, and the next build
+removes a dead build's leftovers. DIR must be an index folder or empty (nothing else is replaced).
+
+Query files that cannot be read or decoded are reported one line each (`FILE: why`); the other
+queries are still answered, and the command then exits 2.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
 import json
 import os
+import re
+import shutil
+import sys
 
 import numpy as np
 
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.json"
 MANIFEST_FILE = "manifest.json"
+INDEX_FILES = (INDEX_FILE, ITEMS_FILE, MANIFEST_FILE)
+PROBE_SIZE = 32
+# Max abs difference of a served probe embedding (unit norm) from the stored one. The same
+# SavedModel on other hardware (GPU, TF32) stays well below; other weights move it by ~1e-1.
+PROBE_ATOL = 1e-3
 
 
 class IndexMismatchError(RuntimeError):
     """The index was built by another SavedModel than the one it is queried with."""
+
+
+class IndexDataError(RuntimeError):
+    """An index folder that cannot be read, or --out that must not be replaced."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,27 +86,70 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def embed_files(export, paths: list[str], batch_size: int = 64) -> tuple[np.ndarray, list[int]]:
-    """(embeddings [m, d], indices into `paths` that were embedded). A batch holding an
-    undecodable file is retried image by image, and such files are left out."""
+def tf_reason(message: str) -> str:
+    """The one line of a TensorFlow error message that says what went wrong (the line before
+    TF's `[[{{node ...}}]]` trailer, without its `{{function_node ...}}` prefix)."""
+    text = message.split("[[", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", lines[-1] if lines else message)
+
+
+def embed_files(export, paths: list[str],
+                batch_size: int = 64) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """(embeddings [m, d], indices into `paths` that were embedded, {index: why not} for files
+    that could not be read or decoded). A batch holding an undecodable file is retried image by
+    image, so one bad file costs only itself."""
     import tensorflow as tf
 
-    kept, chunks = [], []
-    for start in range(0, len(paths), batch_size):
-        batch = list(range(start, min(start + batch_size, len(paths))))
+    encoded, failed = {}, {}
+    for i, path in enumerate(paths):
         try:
-            chunks.append(export.embed_bytes([read_bytes(paths[i]) for i in batch]))
+            encoded[i] = read_bytes(path)
+        except OSError as e:
+            failed[i] = e.strerror or str(e)
+    readable = sorted(encoded)
+    kept, chunks = [], []
+    for start in range(0, len(readable), batch_size):
+        batch = readable[start:start + batch_size]
+        try:
+            chunks.append(export.embed_bytes([encoded[i] for i in batch]))
             kept += batch
         except tf.errors.InvalidArgumentError:
             for i in batch:
                 try:
-                    chunks.append(export.embed_bytes([read_bytes(paths[i])]))
+                    chunks.append(export.embed_bytes([encoded[i]]))
                     kept.append(i)
-                except tf.errors.InvalidArgumentError:
-                    pass
+                except tf.errors.InvalidArgumentError as e:
+                    failed[i] = f"not a decodable image ({tf_reason(e.message)})"
     dim = export.manifest["embedding_dim"]
     embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    return np.ascontiguousarray(embeddings, dtype=np.float32), kept
+    return np.ascontiguousarray(embeddings, dtype=np.float32), kept, failed
+
+
+# ---- the probe: a fixed image whose embedding identifies the model over REST ------------------
+def probe_image() -> bytes:
+    """A fixed 32x32 RGB noise PNG (its bytes are stored in the manifest, so the generator
+    never has to reproduce them)."""
+    import tensorflow as tf
+
+    pixels = np.random.RandomState(0).randint(0, 256, (PROBE_SIZE, PROBE_SIZE, 3)).astype(np.uint8)
+    return tf.io.encode_png(pixels).numpy()
+
+
+def make_probe(export) -> dict:
+    """The manifest's probe: the PNG (base64) and its embedding by `export`."""
+    png = probe_image()
+    return {"png_b64": base64.b64encode(png).decode("ascii"),
+            "embedding": export.embed_bytes([png])[0].tolist()}
+
+
+def probe_bytes(manifest: dict, index_dir: str) -> bytes:
+    """The probe PNG of an index, for a client to send through the server it queries."""
+    if "probe" not in manifest:
+        raise IndexMismatchError(
+            f"index {index_dir} has no probe embedding (built by an older diva_tf), so a served "
+            "model cannot be checked against it; rebuild it with `python -m diva_tf.index build`")
+    return base64.b64decode(manifest["probe"]["png_b64"])
 
 
 # ---- identity of the embedding model --------------------------------------------------------
@@ -107,13 +177,25 @@ def check_identity(built: dict, given: dict, index_dir: str) -> None:
         f"`python -m diva_tf.index build --saved_model {given['saved_model']} ...`")
 
 
-def check_served(built: dict, model_version, embedding_dim: int, index_dir: str) -> None:
-    """Weaker check for embeddings from a REST server (no files to fingerprint): version and dim."""
-    if str(built["model_version"]) != str(model_version) or built["embedding_dim"] != embedding_dim:
+def check_served(manifest: dict, model_version, probe_embedding, index_dir: str,
+                  atol: float = PROBE_ATOL) -> None:
+    """Check a REST server against the index: the version and dimension it answered with, and
+    its embedding of the probe image (`probe_bytes`) against the one stored at build time."""
+    built = manifest["model"]
+    dim = len(probe_embedding)
+    if str(built["model_version"]) != str(model_version) or built["embedding_dim"] != dim:
         raise IndexMismatchError(
             f"index {index_dir} was built with model version {built['model_version']} "
             f"(embedding dim {built['embedding_dim']}) but the server answered with version "
-            f"{model_version} (embedding dim {embedding_dim}); rebuild the index")
+            f"{model_version} (embedding dim {dim}); rebuild the index")
+    stored = np.asarray(manifest["probe"]["embedding"], np.float64)
+    diff = float(np.max(np.abs(np.asarray(probe_embedding, np.float64) - stored)))
+    if not diff <= atol:  # also refuses NaN
+        raise IndexMismatchError(
+            f"index {index_dir} was built with another model than the one served as version "
+            f"{model_version}: its probe image embeds {diff:.3g} away (max abs difference, "
+            f"tolerance {atol:g}); serve {built['saved_model']} or rebuild the index from the "
+            "served SavedModel")
 
 
 def _now() -> str:
@@ -130,18 +212,38 @@ class RetrievalIndex:
 
     @classmethod
     def read(cls, index_dir: str) -> "RetrievalIndex":
-        """Load without checking the model (see `open_index`)."""
+        """Load without checking the model (see `open_index`); IndexDataError if the folder is
+        not a complete index."""
         import faiss
 
-        with open(os.path.join(index_dir, MANIFEST_FILE)) as f:
-            manifest = json.load(f)
-        with open(os.path.join(index_dir, ITEMS_FILE)) as f:
-            items = json.load(f)
-        index = faiss.read_index(os.path.join(index_dir, INDEX_FILE))
+        if not os.path.isdir(index_dir):
+            from diva_tf.export import clean_stale  # imports TensorFlow: only when needed
+
+            parent, name = os.path.split(os.path.abspath(index_dir))
+            try:
+                clean_stale(parent, name)  # puts back an index whose rebuild died mid-swap
+            except OSError:
+                pass
+            if not os.path.isdir(index_dir):
+                raise IndexDataError(f"--index {index_dir}: no such index folder")
+        manifest = _read_json(index_dir, MANIFEST_FILE, dict)
+        items = _read_json(index_dir, ITEMS_FILE, list)
+        try:
+            index = faiss.read_index(os.path.join(index_dir, INDEX_FILE))
+        except RuntimeError as e:
+            raise IndexDataError(f"index {index_dir}: cannot read {INDEX_FILE} "
+                                 f"({str(e).strip().splitlines()[-1]}); rebuild the index") from None
+        if "model" not in manifest or len(items) != index.ntotal:
+            raise IndexDataError(f"index {index_dir}: {ITEMS_FILE} lists {len(items)} images, "
+                                 f"{INDEX_FILE} holds {index.ntotal} vectors, {MANIFEST_FILE} "
+                                 f"names {'a' if 'model' in manifest else 'no'} model: the "
+                                 "files do not belong together; rebuild the index")
         return cls(index, items, manifest, index_dir)
 
     def search(self, embeddings: np.ndarray, k: int = 5) -> list[list[Hit]]:
         """Top-k hits (highest cosine similarity first) for each row of `embeddings`."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
         queries = np.ascontiguousarray(np.atleast_2d(embeddings), dtype=np.float32)
         if queries.shape[1] != self.index.d:
             raise IndexMismatchError(f"query dim {queries.shape[1]} != index dim {self.index.d}")
@@ -151,11 +253,60 @@ class RetrievalIndex:
                 for row_ids, row_scores in zip(ids, scores)]
 
 
+def _read_json(index_dir: str, name: str, kind: type):
+    path = os.path.join(index_dir, name)
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except OSError as e:
+        raise IndexDataError(f"index {index_dir}: cannot read {name} ({e.strerror}); rebuild "
+                             "the index") from None
+    except ValueError as e:
+        raise IndexDataError(f"index {index_dir}: {name} is not valid JSON ({e}; truncated?); "
+                             "rebuild the index") from None
+    if not isinstance(value, kind):
+        raise IndexDataError(f"index {index_dir}: {name} holds a JSON {type(value).__name__}, "
+                             f"not a {kind.__name__}; rebuild the index")
+    return value
+
+
 def open_index(index_dir: str, export) -> RetrievalIndex:
     """Load an index and make sure `export` (a diva_tf.export.LoadedExport) built it."""
     index = RetrievalIndex.read(index_dir)
     check_identity(index.manifest["model"], model_identity(export), index_dir)
     return index
+
+
+def check_replaceable(out_dir: str) -> None:
+    """A build may replace out_dir only if it is missing, empty or an index folder."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise IndexDataError(f"--out {out_dir} is a file, not an index folder")
+    others = sorted(set(os.listdir(out_dir)) - set(INDEX_FILES)) if os.path.isdir(out_dir) else []
+    if others:
+        raise IndexDataError(f"--out {out_dir} holds files that are not part of an index "
+                             f"({', '.join(others[:3])}); refusing to replace it: choose another "
+                             "--out")
+
+
+def write_index(out_dir: str, index, items: list[dict], manifest: dict) -> None:
+    """Write the three files into a hidden folder beside out_dir and swap it in (the previous
+    index stays whole until the final renames); leftovers of dead builds are removed first."""
+    import faiss
+
+    from diva_tf.export import clean_stale, owned_tempdir, swap_in
+
+    parent, name = os.path.split(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    clean_stale(parent, name)
+    tmp = owned_tempdir(parent, "tmp", name)
+    try:
+        faiss.write_index(index, os.path.join(tmp, INDEX_FILE))
+        for file, obj in ((ITEMS_FILE, items), (MANIFEST_FILE, manifest)):
+            with open(os.path.join(tmp, file), "w") as f:
+                json.dump(obj, f, indent=1)
+        swap_in(tmp, os.path.abspath(out_dir), replace=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_index(saved_model: str, images_dir: str, out_dir: str, labels_from_folders: bool = False,
@@ -166,44 +317,47 @@ def build_index(saved_model: str, images_dir: str, out_dir: str, labels_from_fol
 
     from diva_tf.export import load_export
 
+    check_replaceable(out_dir)
     export = load_export(saved_model)
     paths = find_images(images_dir)
     if not paths:
         raise FileNotFoundError(f"no image files under {images_dir}")
-    embeddings, kept = embed_files(export, paths, batch_size)
-    skipped = len(paths) - len(kept)
-    if skipped:
-        bad = sorted(set(range(len(paths))) - set(kept))
-        logging.warning("skipped %d of %d image(s) that could not be decoded, e.g. %s", skipped,
-                        len(paths), [paths[i] for i in bad[:3]])
+    embeddings, kept, failed = embed_files(export, paths, batch_size)
+    if failed:
+        logging.warning("skipped %d of %d image(s) that could not be read or decoded, e.g. %s",
+                        len(failed), len(paths),
+                        "; ".join(f"{paths[i]}: {why}" for i, why in sorted(failed.items())[:3]))
     root = os.path.abspath(images_dir)
     kept_paths = [os.path.abspath(paths[i]) for i in kept]
     items = [{"id": n, "path": p, "label": folder_label(root, p) if labels_from_folders else None}
              for n, p in enumerate(kept_paths)]
     index = faiss.IndexFlatIP(embeddings.shape[1])
     index.add(embeddings)
-    manifest = {"model": model_identity(export), "images": root, "count": len(items),
-                "skipped": skipped, "labels_from_folders": labels_from_folders,
+    manifest = {"model": model_identity(export), "probe": make_probe(export), "images": root,
+                "count": len(items), "skipped": len(failed),
+                "labels_from_folders": labels_from_folders,
                 "metric": "inner_product (cosine on unit-norm embeddings)",
                 "built_at": _now()}
-    os.makedirs(out_dir, exist_ok=True)
-    faiss.write_index(index, os.path.join(out_dir, INDEX_FILE))
-    for name, obj in ((ITEMS_FILE, items), (MANIFEST_FILE, manifest)):
-        with open(os.path.join(out_dir, name), "w") as f:
-            json.dump(obj, f, indent=1)
+    write_index(out_dir, index, items, manifest)
     logging.info("indexed %d image(s) from %s into %s (dim %d, model version %s)", len(items),
                  images_dir, out_dir, embeddings.shape[1], manifest["model"]["model_version"])
     return RetrievalIndex(index, items, manifest, out_dir)
 
 
 def search_images(index_dir: str, saved_model: str, images: list[str],
-                  k: int = 5) -> list[list[Hit]]:
-    """Embed query image files with the SavedModel the index was built with, and search."""
+                  k: int = 5) -> list[list[Hit] | str]:
+    """Embed query image files with the SavedModel the index was built with, and search. Per
+    query, in order: its hits, or why it could not be read or decoded (one line)."""
     from diva_tf.export import load_export
 
+    index = RetrievalIndex.read(index_dir)
     export = load_export(saved_model)
-    index = open_index(index_dir, export)
-    return index.search(export.embed_bytes([read_bytes(p) for p in images]), k)
+    check_identity(index.manifest["model"], model_identity(export), index_dir)
+    embeddings, kept, failed = embed_files(export, images)
+    results: list[list[Hit] | str] = [failed.get(i, "") for i in range(len(images))]
+    for i, hits in zip(kept, index.search(embeddings, k) if kept else []):
+        results[i] = hits
+    return results
 
 
 def format_hits(query: str, hits: list[Hit]) -> str:
@@ -228,14 +382,29 @@ def _define_flags() -> None:
     flags.DEFINE_integer("k", 5, "search: neighbours per query.")
 
 
-def main(argv) -> int:
-    import tensorflow as tf
-    from absl import app, flags, logging
+def run_search(index_dir: str, saved_model: str, images: list[str], k: int) -> int:
+    """Print the hits of each query and one error line per query that failed; exit code."""
+    status = 0
+    for query, result in zip(images, search_images(index_dir, saved_model, images, k)):
+        if isinstance(result, str):
+            print(f"error: {query}: {result}", file=sys.stderr, flush=True)
+            status = 2
+        else:
+            print(format_hits(query, result), flush=True)
+    return status
 
-    from diva_tf.export import ExportError
+
+def main(argv) -> int:
+    from absl import app, flags
 
     f = flags.FLAGS
     command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
+    for name in ("k", "batch_size"):
+        if f[name].value < 1:
+            print(f"error: --{name}={f[name].value}: must be at least 1", file=sys.stderr)
+            return 2
+    from diva_tf.export import ExportError  # after the flag checks: it imports TensorFlow
+
     try:
         if command == "build":
             if args or not f.images or not f.out:
@@ -244,15 +413,11 @@ def main(argv) -> int:
         elif command == "search":
             if not args or not f.index:
                 raise app.UsageError("search needs --index and at least one IMAGE")
-            for query, hits in zip(args, search_images(f.index, f.saved_model, args, f.k)):
-                print(format_hits(query, hits))
+            return run_search(f.index, f.saved_model, args, f.k)
         else:
             raise app.UsageError("usage: python -m diva_tf.index build|search [flags] [IMAGE...]")
-    except (IndexMismatchError, ExportError, FileNotFoundError) as e:
-        logging.error("%s", e)
-        return 2
-    except tf.errors.InvalidArgumentError as e:
-        logging.error("could not embed a query image: %s", e.message)
+    except (IndexMismatchError, IndexDataError, ExportError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,7 +3,11 @@ equality with the trained model under the evaluation preprocessing (also in a fr
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import textwrap
 
 import numpy as np
 import pytest
@@ -45,7 +49,7 @@ def test_layout_and_manifest(exported, trained):
     assert m["heads"] == list(cfg.diva_features) and m["head_weights"] == list(WEIGHTS)
     assert (m["head_dims"], m["embedding_dim"], m["crop"], m["resize"]) == ([128] * 4, 512, 32, 36)
     assert (m["backbone"], m["dataset"], m["model_version"]) == ("tiny", "folder", 1)
-    assert m["diva_tf_version"] and m["source"]["workdir"] == os.path.abspath(workdir)
+    assert m["diva_tf_version"]
     assert m["metrics"]["epoch"] == 2 and m["metrics"]["scores"]["recall@1"] == 0.42
 
 
@@ -164,3 +168,98 @@ def test_run_metrics(trained, tmp_path):
     first = export.run_metrics(workdir, heads, (1, 1, 1, 1))  # not logged: first R@1 of the run
     assert first["selection_key"] == "test/discriminative/recall@1" and first["epoch"] == 1
     assert export.run_metrics(str(tmp_path), heads, WEIGHTS) is None
+
+
+# ---- leftovers of killed exports (issue 25) ---------------------------------------------------
+KILLED_EXPORT = textwrap.dedent("""
+    import os, signal, sys
+    from diva_tf import export
+    workdir, base, version, point = sys.argv[1:5]
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if point == "write":  # killed once the SavedModel is written, before it is published
+        real_build = export.build_archive
+
+        class Dying:
+            def __init__(self, archive):
+                self.archive = archive
+
+            def write_out(self, path, **kw):
+                self.archive.write_out(path, **kw)
+                die()
+
+        export.build_archive = lambda *a: Dying(real_build(*a))
+    else:  # killed between moving the old version aside and renaming the new one in
+        real_rename = os.rename
+
+        def rename(src, dst):
+            if os.path.basename(src).startswith(".tmp-"):
+                die()
+            real_rename(src, dst)
+
+        os.rename = rename
+    export.export_workdir(workdir, base, version=int(version), overwrite=True)
+""")
+
+
+def test_next_export_cleans_dead_exports_leftovers_only(trained, tmp_path):
+    workdir, model, cfg = trained
+    base = str(tmp_path / "diva")
+    v1 = export.export_model(model, cfg, base)
+    before = export.fingerprint(v1)
+    logs = {point: tmp_path / f"{point}.log" for point in ("write", "swap")}
+    killed = {point: subprocess.Popen([PYTHON, "-c", KILLED_EXPORT, workdir, base, version, point],
+                                      cwd=helpers.REPO, env=helpers.subprocess_env(),
+                                      stdout=subprocess.DEVNULL, stderr=open(logs[point], "w"))
+              for version, point in (("2", "write"), ("1", "swap"))}
+    for point, proc in killed.items():
+        assert proc.wait(timeout=120) == -signal.SIGKILL, logs[point].read_text()
+    leftovers = sorted(os.listdir(base))
+    assert len(leftovers) == 3 and all(n.startswith(".") for n in leftovers)  # "1" is aside
+    os.mkdir(os.path.join(base, ".tmp-4-abc"))  # older naming without the owner: left alone
+
+    v2 = export.export_model(model, cfg, base)
+    assert v2 == os.path.join(base, "2")  # version 1 was put back first, so the next is 2
+    assert export.fingerprint(v1) == before
+    assert sorted(os.listdir(base)) == [".tmp-4-abc", "1", "2"]
+    assert [n.split("-")[:2] for n in leftovers] == [[".old", "1"], [".tmp", "1"], [".tmp", "2"]]
+
+
+def test_a_live_exports_folder_is_kept(tmp_path):
+    base = tmp_path / "diva"
+    base.mkdir()
+    holder = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"],
+                              stdin=subprocess.PIPE)
+    name = os.path.basename(export.owned_tempdir(str(base), "tmp", "5"))
+    theirs = base / name.replace(f".{os.getpid()}-", f".{holder.pid}-")
+    (base / name).rename(theirs)
+    try:
+        assert export.clean_stale(str(base)) == [] and theirs.exists()
+    finally:
+        holder.communicate(b"")
+    assert export.clean_stale(str(base)) == [str(theirs)] and os.listdir(base) == []
+
+
+# ---- a portable manifest (issue 26) -----------------------------------------------------------
+def test_manifest_source_has_no_path_of_the_training_machine(exported, trained):
+    workdir, _, cfg = trained
+    text = open(os.path.join(exported, "assets", export.MANIFEST_FILE)).read()
+    assert os.path.dirname(os.path.abspath(workdir)) not in text
+    source = json.loads(text)["source"]
+    assert source == {"run": os.path.basename(workdir), "workdir": None, "checkpoint": "best",
+                      "config": cfg.to_dict()}
+
+
+def test_run_source_paths(tmp_path, monkeypatch):
+    cfg = helpers.tiny_config(data_dir=str(tmp_path / "data" / "birds"), workdir="runs/a")
+    cfg = cfg.replace(backbone_weights="/elsewhere/r50.h5")
+    monkeypatch.chdir(tmp_path)
+    source = export.run_source(str(tmp_path / "runs" / "a"), cfg, "last")
+    assert (source["run"], source["workdir"], source["checkpoint"]) == ("a", "runs/a", "last")
+    config = source["config"]
+    assert (config["data_dir"], config["backbone_weights"], config["workdir"]) == (
+        "data/birds", "r50.h5", "runs/a")
+    assert {k: v for k, v in config.items() if k not in ("data_dir", "backbone_weights")} == \
+        {k: v for k, v in cfg.to_dict().items() if k not in ("data_dir", "backbone_weights")}

@@ -84,9 +84,17 @@ def test_refuses_another_savedmodel(built, exported):
 
 
 def test_served_check(built):
-    idx.check_served(built.manifest["model"], "1", 512, "ix")
-    with pytest.raises(idx.IndexMismatchError, match="rebuild"):
-        idx.check_served(built.manifest["model"], "2", 512, "ix")
+    probe = np.asarray(built.manifest["probe"]["embedding"])
+    idx.check_served(built.manifest, "1", probe, "ix")
+    idx.check_served(built.manifest, "1", probe + 0.9e-3, "ix")  # float noise passes
+    with pytest.raises(idx.IndexMismatchError, match="version 1 .*version 2 .*rebuild"):
+        idx.check_served(built.manifest, "2", probe, "ix")
+    with pytest.raises(idx.IndexMismatchError, match="embedding dim 512.*embedding dim 511"):
+        idx.check_served(built.manifest, "1", probe[:511], "ix")
+    with pytest.raises(idx.IndexMismatchError, match="embeds 0.0011 away .*tolerance 0.001"):
+        idx.check_served(built.manifest, "1", probe - np.eye(512)[3] * 1.1e-3, "ix")
+    with pytest.raises(idx.IndexMismatchError, match="embeds nan away"):
+        idx.check_served(built.manifest, "1", probe * np.nan, "ix")
 
 
 def test_end_to_end_chain(tmp_path, image_dir):
