@@ -27,8 +27,10 @@ steps per epoch, epoch count, learning rate and seeds:
 Each trained run carves --val_fraction of the training classes as a validation split. Multi-head
 runs evaluate every head-weight combination of --combinations at every epoch; the (epoch,
 combination) pair with the best VALIDATION R@1 is selected (a single-head run selects its epoch) and
-the TEST metrics of that pair are reported. The test classes are
-never used for any choice. Each run is a fresh `python -m diva_tf.train` subprocess with its own
+the TEST metrics of that pair are reported. The test classes are never used for any choice. Every
+row is reported over the same seeds: those that every trained row with a finished run has finished
+(the footer names, loudly, the runs not finished and the finished runs left out), so any two numbers
+of a table compare. Each run is a fresh `python -m diva_tf.train` subprocess with its own
 workdir under --runs_dir (default runs/diva_vs_baseline); a run whose metrics.jsonl already holds
 its last epoch is skipped, so an interrupted benchmark resumes (an unfinished run resumes from its
 last checkpoint).
@@ -290,6 +292,51 @@ def paired_difference(per_seed: list[dict], baseline: list[dict], metric="recall
     return {"n_seeds": len(diffs), "mean": mean, "std": std, "per_seed": diffs}
 
 
+def collect(a, row: str, seeds: list[int]) -> tuple[list[dict], list]:
+    """(selected metrics of each finished run of the row, its wall time in seconds or None for
+    random_heads, whose runs are timed as diva_published); the gap row has one seedless entry."""
+    if row == "gap":
+        g = run_gap(a)
+        return ([{**g, "seed": None}], [g["seconds"]]) if g else ([], [])
+    src = "diva_published" if row == "random_heads" else row
+    per_seed, walls = [], []
+    for seed in seeds:
+        if not finished(run_dir(a, src, seed), a.epochs):
+            continue
+        check_same_settings(a, src, seed)
+        metrics = read_metrics(run_dir(a, src, seed))
+        per_seed.append({**(untrained(metrics) if row == "random_heads" else select(metrics)), "seed": seed})
+        t = os.path.join(run_dir(a, src, seed), "wall_time.json")
+        if row == "random_heads":
+            walls.append(None)
+        else:
+            walls.append(json.load(open(t))["seconds"] if os.path.exists(t) else float("nan"))
+    return per_seed, walls
+
+
+def common_seeds(finished_seeds: dict, seeds: list[int]) -> list[int]:
+    """The seeds every trained row with a finished run has finished (a row without any is left
+    out): every row of the table is reported over these, so any two of its numbers compare."""
+    have = [set(s) for s in finished_seeds.values() if s]
+    return [s for s in seeds if all(s in h for h in have)]
+
+
+def left_out_note(finished_seeds: dict, common: list[int], seeds: list[int]) -> str:
+    """A loud footer line naming the runs not finished and the finished runs not in the table
+    ('' when every row finished every seed)."""
+    def listing(pairs):
+        return "; ".join(f"{row} seed {','.join(map(str, lost))}" if kept else f"{row} (none: row left out)"
+                         for row, lost, kept in pairs if lost) or "nothing"
+
+    unfinished = [(row, [s for s in seeds if s not in have], have) for row, have in finished_seeds.items()]
+    dropped = [(row, [s for s in have if s not in common], have) for row, have in finished_seeds.items()]
+    if not any(lost for _, lost, _ in unfinished):
+        return ""
+    return (f"**Incomplete seed set: every row is reported over seed(s) "
+            f"{','.join(map(str, common)) or 'none'}, the seeds every row in the table finished. Not "
+            f"finished: {listing(unfinished)}. Left out of the table: {listing(dropped)}.**\n\n")
+
+
 def write_block(path: str, name: str, text: str) -> None:
     """Replace the text between this benchmark's markers in `path` (appended when absent)."""
     start, end = f"<!-- BENCHMARK_TABLE:{name} -->", f"<!-- /BENCHMARK_TABLE:{name} -->"
@@ -429,41 +476,33 @@ def main(argv=None) -> int:
             for seed in seeds:
                 for row in phase:
                     wall[(row, seed)] = train(a, row, seed)
-    for row in rows:
-        per_seed, walls = [], []
-        if row == "gap":
-            g = run_gap(a)
-            if g:
-                per_seed = [{**g, "seed": None}]
-                walls = [g["seconds"]]
-        else:
-            src = "diva_published" if row == "random_heads" else row
-            for seed in seeds:
-                metrics = read_metrics(run_dir(a, src, seed))
-                if not finished(run_dir(a, src, seed), a.epochs):
-                    continue
-                check_same_settings(a, src, seed)
-                r = untrained(metrics) if row == "random_heads" else select(metrics)
-                per_seed.append({**r, "seed": seed})
-                if row != "random_heads":
-                    t = os.path.join(run_dir(a, src, seed), "wall_time.json")
-                    walls.append(json.load(open(t))["seconds"] if os.path.exists(t) else float("nan"))
+    collected = {row: collect(a, row, seeds) for row in rows}
+    finished_seeds = {row: [r["seed"] for r in per_seed] for row, (per_seed, _) in collected.items()
+                      if row != "gap"}
+    common = common_seeds(finished_seeds, seeds)
+    for row, (per_seed, walls) in collected.items():
+        kept = [(r, w) for r, w in zip(per_seed, walls) if row == "gap" or r["seed"] in common]
+        per_seed, walls = [r for r, _ in kept], [w for _, w in kept]
         results[row] = {"description": describe(a, row), "workdirs": run_name(a, row), "per_seed": per_seed,
-                        "summary": summarise(per_seed, walls)}
+                        "summary": summarise(per_seed, [w for w in walls if w is not None])}
+        if row in finished_seeds:
+            results[row]["left_out_seeds"] = sorted(set(finished_seeds[row]) - set(common))
     baseline = results.get("discriminative", {}).get("per_seed", [])
     for res in results.values():
         res["minus_baseline"] = paired_difference(res["per_seed"], baseline) if baseline else None
     settings = {k: v for k, v in vars(a).items() if k not in ("gap_eval", "python", "report_only")}
     settings.update(backbone="efficientnet_lite0", backbone_weights="imagenet",
-                    flagfile="configs/emoji.flags", seeds=seeds,
+                    flagfile="configs/emoji.flags", seeds=seeds, seeds_reported=common,
                     selection="(epoch, head-weight combination) with the best val R@1; test "
                               "metrics reported")
     name = a.name or a.dataset
     md = table(results, a)
     what = ("emoji test split (792 classes x 4 vendors)" if a.dataset == "emoji"
             else f"{name} test split ({os.path.basename(a.data_dir)}, class-disjoint)")
-    note = (f"\n{what}, efficientnet_lite0 ImageNet, {a.image_size}px, bs {a.bs}, {a.epochs} "
-            f"epochs, lr {a.lr:g}, seeds {a.seeds}; mean ± sample std over seeds, in %. "
+    missing = left_out_note(finished_seeds, common, seeds)
+    note = (f"\n{missing}{what}, efficientnet_lite0 ImageNet, {a.image_size}px, bs {a.bs}, {a.epochs} "
+            f"epochs, lr {a.lr:g}, seeds {','.join(map(str, common)) if missing else a.seeds}; "
+            f"mean ± sample std over seeds, in %. "
             f"R@1 - baseline: per-seed difference to the discriminative row, mean ± std. Epoch and "
             f"(four-head rows) test-time head weights (discriminative, selfsimilarity, shared, "
             f"intra) selected on validation R@1 ({a.val_fraction:g} of the training classes); "
@@ -471,7 +510,7 @@ def main(argv=None) -> int:
             f"evaluation). wall/run = median over seeds of the wall time of one training run (incl. "
             f"start-up and per-epoch evaluation; a run that shared the CPU with others takes "
             f"several times longer, hence the median). Command: `python benchmarks/diva_vs_baseline.py "
-            f"{shlex.join(sys.argv[1:])}`\n")
+            f"{shlex.join(sys.argv[1:] if argv is None else argv)}`\n")
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, f"{name}_diva_vs_baseline.md"), "w") as f:
         f.write(md + "\n" + note)

@@ -1,6 +1,7 @@
 """Keras callbacks of a training run: end-of-epoch evaluation, best-model tracking, checkpoints
-and logs (in that order, so a crash at any point resumes without a lost or repeated epoch), and a
-progress line with the loss terms and images/s."""
+and logs (in that order, so a crash at any point resumes without a lost or repeated epoch), a stop
+at the first non-finite loss (before anything of that epoch is saved), and a progress line with the
+loss terms and images/s."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from diva_tf import diagnostics
 from diva_tf import workdir as wd
 from diva_tf.run_log import RunLog
 
@@ -63,6 +65,52 @@ class EpochEnd(keras.callbacks.Callback):
             wd.save_weights_atomic(self.trainer.embedder, wd.weights_path(self.out_dir, "best"))
         self.state["epoch"].assign(done)
         self.manager.save(checkpoint_number=done)
+
+
+def _is_statistic(name: str) -> bool:
+    """A logged diagnostic (diva_tf.diagnostics), not a loss term."""
+    return name in diagnostics.DANCE_STATISTICS or name.startswith("correlation_")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A loss term (or, after an epoch's last update, a weight) became NaN or inf."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops `fit` at the first step whose logged loss terms are not all finite (diagnostic
+    statistics alone do not stop it), and at an epoch's end if its weights are not (an update that
+    diverged on the last step), raising NonFiniteLoss.
+
+    The logs are running means over the epoch, so a NaN at step s shows at step s. Listed before
+    EpochEnd, it stops the run before anything of the diverged epoch is evaluated or saved: the
+    workdir keeps the checkpoint, weights and metrics of the last good epoch.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def _stop(self, where: str, what: str):
+        raise NonFiniteLoss(f"non-finite {what} at epoch {self._epoch + 1}, {where}: training "
+                            f"stopped; nothing of epoch {self._epoch + 1} was saved, the workdir "
+                            f"keeps the run as of epoch {self._epoch} (rerunning resumes there)")
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = {k: float(np.mean(v)) for k, v in (logs or {}).items() if not np.all(np.isfinite(v))}
+        terms = sorted((k for k in bad if not _is_statistic(k)), key=lambda k: k == "loss")  # sum last
+        if terms:
+            stats = len(bad) - len(terms)
+            self._stop(f"step {batch + 1}", "loss " + ", ".join(f"{k}={bad[k]}" for k in terms)
+                       + (f" (and {stats} diagnostic statistics)" if stats else ""))
+
+    def on_epoch_end(self, epoch, logs=None):
+        bad = [w.path for w in self.model.weights
+               if "float" in str(w.dtype) and not bool(keras.ops.all(keras.ops.isfinite(w)))]
+        if bad:
+            self._stop("after its last step", f"weights ({len(bad)} variables, e.g. {bad[0]})")
 
 
 class Progress(keras.callbacks.Callback):

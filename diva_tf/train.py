@@ -1,12 +1,14 @@
 """Train DiVA: `python -m diva_tf.train --flagfile=configs/<name>.flags [--flag=value ...]`.
 
-Orchestration only: flags -> Config (validated before any data is read), data, strategy, trainer,
-checkpoint restore, queue fill, `fit`, and the end-of-epoch callback. Rerunning the same command
-resumes from the last checkpoint in --workdir.
+Orchestration only: flags -> Config (validated before any data is read), the --workdir lock, data,
+strategy, trainer, checkpoint restore, queue fill, `fit`, and the end-of-epoch callbacks. Rerunning
+the same command resumes from the last checkpoint in --workdir; a loss that becomes NaN or inf stops
+the run (exit 2) before anything of that epoch is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -53,14 +55,29 @@ def prepare_workdir(cfg: Config, chief: bool) -> str:
 
 
 def run(cfg: Config) -> dict:
-    """Train according to cfg; returns the final record (best selection metric and epoch)."""
+    """Train according to cfg; returns the final record (best selection metric and epoch).
+
+    The chief is the only writer of --workdir: it locks it before TensorFlow is imported or any
+    data is read, so a second run on the same workdir is refused at once (other workers write to
+    scratch folders and do not lock)."""
+    from diva_tf.distribute import is_chief
+    from diva_tf.workdir import WorkdirLock
+
+    chief = is_chief()
+    with WorkdirLock(cfg.workdir) if chief else contextlib.nullcontext():
+        check_workdir(cfg)
+        return _train(cfg, chief)
+
+
+def _train(cfg: Config, chief: bool) -> dict:
+    """`run` once the workdir is this process's."""
     import keras
     import tensorflow as tf
 
     from diva_tf import callbacks as cb
     from diva_tf import data
     from diva_tf import workdir as wd
-    from diva_tf.distribute import is_chief, make_strategy
+    from diva_tf.distribute import make_strategy
     from diva_tf.evaluation.in_run import Evaluator
     from diva_tf.run_log import RunLog
     from diva_tf.trainer import DiVATrainer
@@ -68,14 +85,12 @@ def run(cfg: Config) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    check_workdir(cfg)
     splits = data.load_splits(cfg)
     strategy = make_strategy(cfg)
     if (cfg.jit_compile and strategy.num_replicas_in_sync > 1
             and not tf.config.list_logical_devices("GPU")):
         raise ConfigError("--jit_compile with several CPU replicas does not compile (measured, see "
                           "README Performance); use one replica or drop --jit_compile")
-    chief = is_chief()
     out = prepare_workdir(cfg, chief)
     spe = data.Sampler.from_config(cfg).steps(len(splits.train.labels))
     num_classes = int(splits.train.labels.max()) + 1
@@ -110,7 +125,8 @@ def run(cfg: Config) -> dict:
             run_log.write({"epoch": 0, **scores})
     if start < cfg.n_epochs:
         dataset = data.train_dataset(splits.train, cfg, start_epoch=start, steps_per_epoch=spe)
-        callbacks = [cb.Progress(spe, cfg.bs, cfg.n_epochs),
+        # StopOnNonFinite before EpochEnd: nothing of a diverged epoch is evaluated or saved.
+        callbacks = [cb.Progress(spe, cfg.bs, cfg.n_epochs), cb.StopOnNonFinite(),
                      cb.EpochEnd(trainer, cfg, evaluator, manager, state, run_log, out, spe)]
         trainer.fit(dataset, epochs=cfg.n_epochs, initial_epoch=start, steps_per_epoch=spe,
                     callbacks=callbacks, verbose=0)
@@ -129,7 +145,8 @@ def main(argv):
 
     try:
         run(config_from_flags())
-    except (ConfigError, DataError, BackboneError) as e:
+    except (ConfigError, DataError, BackboneError, FloatingPointError) as e:
+        # FloatingPointError: callbacks.NonFiniteLoss, a loss term that became NaN or inf.
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -2,6 +2,7 @@
 README block it writes (hand-worked examples)."""
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -94,3 +95,62 @@ def test_a_finished_run_with_other_flags_is_refused_not_reused(tmp_path):
     cfg.replace(diva_aux_discriminative=1.0).save(os.path.join(workdir, "config.json"))
     with pytest.raises(SystemExit, match="--diva_aux_discriminative: run has 1.0, now 0.0.*--tag"):
         bench.check_same_settings(a, "diva_chosen", 0)
+
+
+def _synthetic_run(a, row, seed, test_r1, epochs):
+    """A run folder as `diva_tf.train` leaves it: config.json of the row's flags and metrics.jsonl
+    whose best validation epoch (epochs - 1) has test R@1 `test_r1`."""
+    from diva_tf.flags import FLAGS, config_from_flags, define_flags
+
+    workdir = bench.run_dir(a, row, seed)
+    os.makedirs(workdir)
+    define_flags()
+    FLAGS.unparse_flags()
+    FLAGS(["x", *bench.train_flags(a, row, seed)])
+    config_from_flags().save(os.path.join(workdir, "config.json"))
+    emb = "discriminative" if row == "discriminative" else "combined[1,1,1,1]"
+    records = [_record(e, **{emb: (0.9 if e == epochs - 1 else 0.1, test_r1 if e == epochs - 1 else 0.0)})
+               for e in range(epochs + 1)]
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def _table_cells(md):
+    """{row description: [cells]} of the markdown table."""
+    rows = [line.strip("|").split(" | ") for line in md.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells] for cells in rows[1:]}
+
+
+def test_a_table_with_missing_seeds_reports_every_row_over_the_same_seeds(tmp_path):
+    """Issue 25, item 4: baseline finished at seeds 0 and 1 (51.17, 49.61), DiVA chosen at seed 0
+    only (52.05), DiVA published at 0 and 1 (50.00, 48.00), DiVA aux at none. Every row is reported
+    over seed 0: baseline 51.17 (not the 50.39 of both seeds) and DiVA chosen - baseline = +0.88,
+    the difference of the two printed means; the footer names what is missing and left out."""
+    argv = [f"--runs_dir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}", "--data_dir=data/emoji",
+            "--rows=discriminative,diva_published,diva_aux,diva_chosen", "--seeds=0,1", "--epochs=2",
+            "--report_only"]
+    a = bench.parse_args(argv)
+    for row, seed, r1 in [("discriminative", 0, 0.5117), ("discriminative", 1, 0.4961), ("diva_chosen", 0, 0.5205),
+                          ("diva_published", 0, 0.50), ("diva_published", 1, 0.48)]:
+        _synthetic_run(a, row, seed, r1, a.epochs)
+    _synthetic_run(a, "diva_chosen", 1, 0.53, a.epochs - 1)  # unfinished: one epoch short
+    assert bench.main(argv) == 0
+    with open(tmp_path / "out" / "emoji_diva_vs_baseline.md") as f:
+        md = f.read()
+    cells = _table_cells(md)
+    base = cells[bench.describe(a, "discriminative")]
+    chosen = cells[bench.describe(a, "diva_chosen")]
+    published = cells[bench.describe(a, "diva_published")]
+    assert len(cells) == 3  # diva_aux has no finished run
+    assert base[1:4] == ["1", "51.17 ± 0.00", "–"]
+    assert chosen[1:4] == ["1", "52.05 ± 0.00", "+0.88 ± 0.00"]
+    assert published[1:4] == ["1", "50.00 ± 0.00", "-1.17 ± 0.00"]
+    assert ("**Incomplete seed set: every row is reported over seed(s) 0, the seeds every row in the "
+            "table finished. Not finished: diva_aux (none: row left out); diva_chosen seed 1. Left out of "
+            "the table: discriminative seed 1; diva_published seed 1.**\n\n"
+            "emoji test split (792 classes x 4 vendors), efficientnet_lite0 ImageNet, 64px, bs 112, "
+            "2 epochs, lr 0.0001, seeds 0; ") in md
+    with open(tmp_path / "out" / "emoji_diva_vs_baseline.json") as f:
+        rows = json.load(f)["rows"]
+    assert rows["discriminative"]["left_out_seeds"] == [1] and rows["diva_chosen"]["left_out_seeds"] == []
+    assert rows["discriminative"]["summary"]["seeds"] == [0]

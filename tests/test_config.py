@@ -124,3 +124,114 @@ def test_cli_missing_data_is_one_clear_line_and_leaves_no_workdir(tmp_path):
     assert r.returncode == 2
     assert "error:" in r.stderr and "prepare emoji" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "w").exists()
+
+
+# Values each numeric field must refuse, chosen from what the field means (rates and dimensions
+# > 0, weights and margins >= 0, momenta and fractions in [0, 1), distance cutoffs on the unit
+# sphere in (0, 2), a cosine similarity base in [-1, 1], numpy seeds in [0, 2**32)). Every numeric
+# field is listed: a new one fails test_every_numeric_field_has_out_of_range_values until added.
+OUT_OF_RANGE = {
+    "val_classes_fraction": [-0.1, 1.0], "resize": [0, -1], "crop": [0], "bs": [0, -2],
+    "samples_per_class": [0], "embed_dim": [0, -8], "head_dims": [[8, 8, 8, 0]], "gem_p": [0.0, -1.0],
+    "loss_margin_margin": [-0.1], "loss_margin_beta": [-1.0], "loss_margin_beta_lr": [0.0, -1e-4],
+    "miner_distance_lower_cutoff": [0.0, 2.0], "loss_triplet_margin": [-0.1], "loss_ms_alpha": [0.0],
+    "loss_ms_beta": [0.0], "loss_ms_base": [1.5, -1.5], "loss_ms_epsilon": [-0.1],
+    "loss_proxy_scale": [0.0], "loss_proxy_margin": [-0.1], "loss_proxy_lr": [0.0],
+    "diva_alpha_ssl": [-0.3], "diva_alpha_shared": [-0.3], "diva_alpha_intra": [-0.3],
+    "diva_rho_decorrelation": [[1500.0, -1.0, 1500.0]], "diva_decorrnet_dim": [0],
+    "diva_decorrnet_lr": [0.0], "diva_moco_momentum": [1.0, -0.1], "diva_moco_temperature": [0.0],
+    "diva_moco_n_key_batches": [0], "diva_moco_lower_cutoff": [0.0, 2.0],
+    "diva_moco_upper_cutoff": [0.0, -1.0], "diva_aux_discriminative": [-1.0],
+    "diva_combined_loss": [-1.0], "lr": [0.0, -1.0], "fc_lr": [0.0, -2.0], "decay": [-4e-4],
+    "tau": [[0], [10, -5]], "gamma": [0.0, -0.3], "warmup_epochs": [-1], "n_epochs": [0, -1],
+    "steps_per_epoch": [-1], "seed": [-1, 2 ** 32], "eval_every": [-1], "eval_batch_size": [0],
+    "recall_k": [[1, 0]], "keep_checkpoints": [0], "max_images": [-1],
+}
+
+
+def _numeric_fields():
+    """Fields holding numbers: numeric defaults, lists of numbers, and the two lists of numbers
+    whose default is empty."""
+    import dataclasses
+    out = {}
+    for f in dataclasses.fields(Config):
+        default = getattr(Config(), f.name)
+        items = default if isinstance(default, list) else [default]
+        if f.name in ("head_dims", "recall_k") or (
+                items and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)):
+            out[f.name] = default
+    return out
+
+
+def test_every_numeric_field_has_out_of_range_values():
+    assert set(OUT_OF_RANGE) == set(_numeric_fields())
+
+
+def _flag_named(name):
+    return rf"--{name}[ =]"
+
+
+@pytest.mark.parametrize("name, bad", [(n, v) for n, vs in OUT_OF_RANGE.items() for v in vs])
+def test_out_of_range_numbers_are_refused_naming_the_flag(name, bad):
+    with pytest.raises(ConfigError, match=_flag_named(name)):
+        Config(**{name: bad}).validate()
+
+
+def _is_float_field(default):
+    items = default if isinstance(default, list) else [default]
+    return bool(items) and isinstance(items[0], float)
+
+
+@pytest.mark.parametrize("name", [n for n, d in _numeric_fields().items() if _is_float_field(d)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_inf_are_refused_for_every_float_field(name, bad):
+    default = getattr(Config(), name)
+    value = [bad] + default[1:] if isinstance(default, list) else bad
+    with pytest.raises(ConfigError, match=_flag_named(name)):
+        Config(**{name: value}).validate()
+
+
+def test_range_boundaries_that_are_allowed():
+    """The edges each range includes: zero weights, decay, margins, warm-up, eval_every and
+    steps_per_epoch; fc_lr's -1 (share --lr); the whole cosine range of the MS base."""
+    Config(diva_alpha_ssl=0.0, diva_alpha_shared=0.0, diva_alpha_intra=0.0, decay=0.0,
+           loss_margin_margin=0.0, warmup_epochs=0, eval_every=0, steps_per_epoch=0, max_images=0,
+           fc_lr=-1.0, loss_ms_base=-1.0, diva_moco_momentum=0.0, seed=2 ** 32 - 1,
+           diva_rho_decorrelation=[0.0, 0.0, 0.0], keep_checkpoints=1).validate()
+    Config(loss_ms_base=1.0, val_classes_fraction=0.0).validate()
+
+
+def test_dance_cutoffs_must_be_ordered():
+    with pytest.raises(ConfigError, match="--diva_moco_upper_cutoff=0.4 must be above "
+                                          "--diva_moco_lower_cutoff=0.5"):
+        Config(diva_moco_upper_cutoff=0.4).validate()
+
+
+def test_head_weight_combinations_must_be_finite():
+    with pytest.raises(ConfigError, match="head weights 'nan,1': need finite"):
+        parse_weights("nan,1", 2)
+    with pytest.raises(ConfigError, match="head weights '1,inf'"):
+        parse_weights("1,inf", 2)
+
+
+def test_missing_backbone_weights_file_is_refused_before_data(tmp_path):
+    missing = str(tmp_path / "nope.h5")
+    with pytest.raises(ConfigError, match=f"--backbone_weights='{missing}': no such file"):
+        Config(backbone_weights=missing).validate()
+    present = tmp_path / "w.h5"
+    present.write_bytes(b"")
+    for ok in ("imagenet", "none", str(present)):
+        Config(backbone_weights=ok).validate()
+    r = _train(f"--data_dir={tmp_path / 'missing'}", f"--workdir={tmp_path}/w",
+               f"--backbone_weights={missing}")
+    assert (r.returncode, r.stderr) == (2, f"error: --backbone_weights='{missing}': no such file\n")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("value, message", [("-1", "--lr must be > 0 (got -1.0)"),
+                                            ("nan", "--lr must be > 0 (got nan)"),
+                                            ("inf", "--lr must be > 0 (got inf)")])
+def test_cli_refuses_a_bad_learning_rate_before_reading_data(tmp_path, value, message):
+    r = _train(f"--data_dir={tmp_path / 'missing'}", f"--workdir={tmp_path}/w", f"--lr={value}")
+    assert (r.returncode, r.stderr) == (2, f"error: {message}\n")
+    assert not (tmp_path / "w").exists()

@@ -36,6 +36,12 @@ def _train(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def run_train(args):
+    """`python -m diva_tf.train args` to its end (stdout and stderr apart)."""
+    return subprocess.run([sys.executable, "-m", "diva_tf.train", *args], env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
 def _records(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -97,6 +103,12 @@ def test_sigkill_then_rerun_resumes_exactly(folder_data, full_run, tmp_path):
     while not os.path.exists(state) and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert p.poll() is None, "run ended before it could be killed"
+    # Frozen (it keeps its workdir lock), the run refuses a second identical command at once.
+    p.send_signal(signal.SIGSTOP)
+    second = _train(args)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 2, out
+    assert out.startswith(f"error: --workdir={workdir} is in use by another training run (pid {p.pid} on ")
     p.send_signal(signal.SIGKILL)
     p.wait()
     p = _train(args)

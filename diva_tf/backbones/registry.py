@@ -65,14 +65,17 @@ def _spec(name: str) -> BackboneSpec:
     return lookup(BACKBONES, "backbone", name, "backbone", BackboneError)
 
 
-def _weights_arg(weights: str | None):
-    """'imagenet' | 'none'/''/None | a weights file path -> the keras.applications argument."""
+def weights_source(weights: str | None):
+    """'imagenet' | 'none'/''/None | a weights file path -> the keras.applications argument;
+    BackboneError for a path that is not a file (checked by Config.validate before any data is
+    read)."""
     if weights in (None, "", "none", "None"):
         return None
     if weights == "imagenet":
         return "imagenet"
-    if not os.path.exists(weights):
-        raise BackboneError(f"--backbone_weights={weights!r}: no such file")
+    if not os.path.isfile(weights):
+        problem = "not a file" if os.path.exists(weights) else "no such file"
+        raise BackboneError(f"--backbone_weights={weights!r}: {problem}")
     return weights
 
 
@@ -84,7 +87,7 @@ def build_backbone(name: str, weights: str | None = "imagenet",
     a network pass a local weights file instead. A failed download raises BackboneError saying so.
     """
     spec = _spec(name)
-    w = _weights_arg(weights)
+    w = weights_source(weights)
     if name == "tiny" and w is not None:
         net = spec.build(None, input_shape)
         if w == "imagenet":
