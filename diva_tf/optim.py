@@ -1,5 +1,6 @@
 """DiVA's parameter groups (spec 5.1), one Adam per group since Keras optimizers have one lr; and
-the registries of --optimizer and --scheduler.
+the registries of --optimizer and --scheduler (adam_torch: Adam with torch's epsilon placement,
+for step-exact comparisons with the original code).
 
 network: lr 1e-5 with *coupled* L2 (4e-4 * w added to the gradient before Adam, not AdamW);
 heads (only with --fc_lr > 0): the network's optimizer and decay at their own lr; betas: lr 5e-4, no
@@ -21,6 +22,7 @@ ADAM_EPSILON = 1e-8  # PyTorch's default; Keras's is 1e-7 (spec 10.13)
 class OptimizerSpec:
     build: Callable  # (learning_rate, decay, name) -> keras optimizer
     coupled_decay: bool  # the trainer adds decay * w to the network's gradients (DiVA's L2)
+    undecayed: str = "adam"  # the OPTIMIZERS entry of the groups without weight decay
 
 
 def _adam(learning_rate, decay, name):
@@ -33,8 +35,44 @@ def _adamw(learning_rate, decay, name):
     return keras.optimizers.AdamW(learning_rate, weight_decay=decay, epsilon=ADAM_EPSILON, name=name)
 
 
+@functools.cache
+def _torch_adam_class():
+    import keras
+    from keras import ops
+
+    class TorchAdam(keras.optimizers.Adam):
+        """Adam with torch.optim.Adam's epsilon placement: lr * m_hat / (sqrt(v_hat) + eps).
+
+        Keras adds eps to the uncorrected sqrt(v), i.e. an effective eps of
+        eps / sqrt(1 - beta_2^t) (3.2e-7 at the first step for eps 1e-8): with small gradients
+        (lr 1e-4 and DiVA's heads) the first updates differ measurably (benchmarks/parity).
+        """
+
+        def update_step(self, gradient, variable, learning_rate):
+            dtype = variable.dtype
+            lr = ops.cast(learning_rate, dtype)
+            gradient = ops.cast(gradient, dtype)
+            step = ops.cast(self.iterations + 1, dtype)
+            # convert_to_tensor, not cast: ops.cast(0.999, "float64") rounds through float32
+            correction_1 = 1 - ops.power(ops.convert_to_tensor(self.beta_1, dtype), step)
+            correction_2 = 1 - ops.power(ops.convert_to_tensor(self.beta_2, dtype), step)
+            m = self._momentums[self._get_variable_index(variable)]
+            v = self._velocities[self._get_variable_index(variable)]
+            self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+            self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+            denominator = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(correction_2)), self.epsilon)
+            self.assign_sub(variable, ops.divide(ops.multiply(m, lr / correction_1), denominator))
+
+    return TorchAdam
+
+
+def _adam_torch(learning_rate, decay, name):
+    return _torch_adam_class()(learning_rate, epsilon=ADAM_EPSILON, name=name)
+
+
 OPTIMIZERS = {"adam": OptimizerSpec(_adam, coupled_decay=True),
-              "adamw": OptimizerSpec(_adamw, coupled_decay=False)}
+              "adamw": OptimizerSpec(_adamw, coupled_decay=False),
+              "adam_torch": OptimizerSpec(_adam_torch, coupled_decay=True, undecayed="adam_torch")}
 
 
 def _step(base_lr, steps_per_epoch, *, milestones, gamma, total_epochs, warmup_epochs):
@@ -63,11 +101,12 @@ DECAYED_GROUPS = ("network", "heads")
 
 def make_optimizers(learning_rates: dict, schedule, optimizer: str = "adam", decay: float = 0.0) -> dict:
     """{group: optimizer} for {group: base lr}; `schedule(base_lr)` is a group's lr schedule. The
-    DECAYED_GROUPS use `optimizer` (an OPTIMIZERS name) with `decay`; the others plain Adam."""
+    DECAYED_GROUPS use `optimizer` (an OPTIMIZERS name) with `decay`; the others its `undecayed`
+    optimizer (plain Adam, or torch-exact Adam for adam_torch) without decay."""
     def build(group, lr):
         if group in DECAYED_GROUPS:
             return OPTIMIZERS[optimizer].build(schedule(lr), decay, group)
-        return OPTIMIZERS["adam"].build(schedule(lr), 0.0, group)
+        return OPTIMIZERS[OPTIMIZERS[optimizer].undecayed].build(schedule(lr), 0.0, group)
     return {group: build(group, lr) for group, lr in learning_rates.items()}
 
 

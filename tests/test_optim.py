@@ -61,3 +61,38 @@ def test_adamw_option_is_decoupled():
     assert isinstance(opts["network"], keras.optimizers.AdamW) and opts["network"].weight_decay == 0.01
     assert not OPTIMIZERS["adamw"].coupled_decay and OPTIMIZERS["adam"].coupled_decay
     assert all(type(opts[g]) is keras.optimizers.Adam for g in ("beta", "regressor", "proxy"))
+
+
+def test_adam_torch_matches_torch_rule_where_keras_adam_does_not():
+    """adam_torch adds eps to the bias-corrected sqrt(v) as torch does; with gradients near eps
+    (1e-8 here) Keras Adam's placement (eps / sqrt(1 - 0.999^t) effective) moves the weights
+    measurably differently."""
+    cfg = Config(optimizer="adam_torch", lr=1e-2, decay=0.1)
+    rng = np.random.RandomState(1)
+    w0 = rng.randn(6) * 1e-7
+    grads = [rng.randn(6) * 1e-8 for _ in range(5)]
+    expect = _torch_adam_l2(w0, grads, 1e-2, 0.1)
+    got = {}
+    for name in ("adam_torch", "adam"):
+        opt = optimizers_from_config(cfg.replace(optimizer=name), steps_per_epoch=10)["network"]
+        var = tf.Variable(w0, dtype=tf.float64)
+        for g in grads:
+            opt.apply(add_coupled_l2([tf.constant(g)], [var], cfg.decay), [var])
+        got[name] = var.numpy()
+    update = np.max(np.abs(expect - w0))  # the learning rate is a float32 schedule value
+    assert np.max(np.abs(got["adam_torch"] - expect)) < 1e-7 * update
+    assert np.max(np.abs(got["adam"] - expect)) > 1e-3 * update
+
+
+def test_adam_torch_also_for_the_groups_without_decay():
+    opts = optimizers_from_config(Config(optimizer="adam_torch"), 1)
+    torch_adam = type(opts["network"])
+    assert torch_adam is not keras.optimizers.Adam and OPTIMIZERS["adam_torch"].coupled_decay
+    assert all(type(opts[g]) is torch_adam for g in ("beta", "regressor", "proxy"))
+    rng = np.random.RandomState(2)
+    w0, grads = rng.randn(4), [rng.randn(4) * 1e-6 for _ in range(3)]
+    var = tf.Variable(w0, dtype=tf.float64)
+    for g in grads:
+        opts["beta"].apply([tf.constant(g)], [var])
+    expect = _torch_adam_l2(w0, grads, 5e-4, 0.0)
+    assert np.max(np.abs(var.numpy() - expect)) < 1e-7 * np.max(np.abs(expect - w0))
