@@ -214,7 +214,7 @@ def check_same_settings(a, row: str, seed: int) -> None:
     """A finished run folder is reused only if it was trained with this row's flags (e.g. not with
     another --chosen): the same rule as `diva_tf.train` applies when it resumes a run."""
     from diva_tf.config import Config, ConfigError
-    from diva_tf.flags import FLAGS, config_from_flags, define_flags
+    from diva_tf.config.flags import FLAGS, config_from_flags, define_flags
     from diva_tf.train import check_resume_compatible
 
     define_flags()
@@ -360,7 +360,7 @@ def gap_eval(a, out_json: str) -> None:
     from diva_tf import data
     from diva_tf.config import Config
     from diva_tf.evaluation import FAISS_DEFAULT_SEED, embed_dataset, evaluate_embedding
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     t0 = time.time()
     cfg = Config(dataset=a.dataset, data_dir=a.data_dir, backbone="efficientnet_lite0",

@@ -58,7 +58,7 @@ def embed_images(n: int, spec: str, dim: int, batch_size: int) -> tuple[float, t
 
     from diva_tf.config import Config
     from diva_tf.evaluation import embed_dataset
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     name, size = spec.split(":")
     size = int(size)

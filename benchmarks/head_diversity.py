@@ -47,7 +47,7 @@ def diversity(embs: dict, labels: np.ndarray, heads: list) -> dict:
 def embed_run(workdir: str, split: str, which: str, data_dir: str = ""):
     from diva_tf import data
     from diva_tf.evaluation import embed_dataset
-    from diva_tf.workdir import load_model
+    from diva_tf.training.workdir import load_model
 
     model, cfg = load_model(workdir, which)
     cfg.data_dir = data_dir or cfg.data_dir

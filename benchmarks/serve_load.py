@@ -1,4 +1,4 @@
-"""Bounded load test of the REST stand-in (`python -m diva_tf.tools.serve`), loopback only.
+"""Bounded load test of the REST stand-in (`python -m diva_tf.serve`), loopback only.
 
     python benchmarks/serve_load.py                               # 32 clients, 20 s, own server
     python benchmarks/serve_load.py --clients 64 --seconds 10 --out results.txt
@@ -51,9 +51,9 @@ def jpeg(size: int = 64, seed: int = 0) -> bytes:
 
 
 def export_tiny_model(base_path: str) -> None:
-    from diva_tf import export
+    from diva_tf.serving import export
     from diva_tf.config import Config
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     cfg = Config(backbone="tiny", backbone_weights="none", crop=32, resize=36, dataset="folder")
     export.export_model(build_embedding_model(cfg), cfg, base_path, version=1)
@@ -63,7 +63,7 @@ def start_stand_in(base_path: str, log) -> tuple[subprocess.Popen, str]:
     """The stand-in on an ephemeral loopback port; (process, its base URL)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "diva_tf.tools.serve", "--model_base_path",
+    proc = subprocess.Popen([sys.executable, "-m", "diva_tf.serve", "--model_base_path",
                              base_path, "--model_name", MODEL, "--port", "0"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=log, text=True)
     line = proc.stdout.readline()
@@ -187,7 +187,7 @@ def main() -> int:
         if url is None:
             export_tiny_model(os.path.join(tmp, MODEL))
             proc, url = start_stand_in(os.path.join(tmp, MODEL), log)
-            lines.append(f"server: python -m diva_tf.tools.serve (default flags) on a tiny "
+            lines.append(f"server: python -m diva_tf.serve (default flags) on a tiny "
                          f"untrained export (backbone tiny, 32 px), {url}")
         else:
             lines.append(f"server: {url}")

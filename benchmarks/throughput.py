@@ -109,7 +109,7 @@ def _fit_seconds(cfg, num_classes: int, steps: int, repeats: int, dataset) -> fl
     """Median seconds per step of `fit` epochs of `steps` steps, after one warm-up epoch."""
     import keras
 
-    from diva_tf.trainer import DiVATrainer
+    from diva_tf.training.trainer import DiVATrainer
 
     seconds = []
 
@@ -139,7 +139,7 @@ def bench_row(name, size, rep, jit, precision, opts) -> dict:
         from diva_tf.evaluation.in_run import Evaluator
     except ImportError:  # a --baseline revision from before the move into diva_tf.evaluation
         from diva_tf.evaluator import Evaluator
-    from diva_tf.trainer import DiVATrainer
+    from diva_tf.training.trainer import DiVATrainer
 
     bs = opts.bs
     timing = dict(warmup=2, min_iters=opts.iters, min_seconds=opts.seconds, repeats=opts.repeats)
@@ -188,8 +188,8 @@ def bench_fused_bn(name, size, precision, opts) -> dict:
     import keras
     import tensorflow as tf
 
-    from diva_tf.backbones.batchnorm import FusedInferenceBatchNormalization
-    from diva_tf.trainer import DiVATrainer
+    from diva_tf.model.backbones.batchnorm import FusedInferenceBatchNormalization
+    from diva_tf.training.trainer import DiVATrainer
 
     bs = opts.bs
     cfg = _config(name, size, bs, precision)

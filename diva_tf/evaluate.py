@@ -9,7 +9,7 @@ combination, with Recall@k, NMI, F1, mAP@C, MAP@R and R-precision.
     python -m diva_tf.evaluate --saved_model export/models/diva --dataset folder --data_dir DIR \
         --classes all
 
-The model is either a training run's weights (`diva_tf.workdir.load_model`) or an exported
+The model is either a training run's weights (`diva_tf.training.workdir.load_model`) or an exported
 SavedModel (its `serve_images` signature; a model base path resolves to its highest version).
 Both are evaluated by the same code: the per-head outputs are embedded, and combinations are
 formed here with `combine_heads` (the SavedModel's own "embedding" output is not used), so the same
@@ -55,7 +55,7 @@ def workdir_target(workdir: str, checkpoint: str = "best") -> Target:
     """A training run's weights; its config describes the data and default combinations."""
     import tensorflow as tf
 
-    from diva_tf.workdir import load_model
+    from diva_tf.training.workdir import load_model
 
     model, cfg = load_model(workdir, checkpoint)
     weights = tuple(cfg.head_weights)
@@ -71,7 +71,7 @@ def saved_model_target(path: str, dataset: str | None = None) -> Target:
     other than "embedding"; the input's crop) with the dataset's published weights."""
     import tensorflow as tf
 
-    from diva_tf import export
+    from diva_tf.serving import export
 
     version_dir, version = export.resolve_saved_model(path)
     try:
@@ -211,7 +211,7 @@ def main(argv) -> int:
     from absl import app, flags, logging
 
     from diva_tf.data import DataError
-    from diva_tf.export import ExportError
+    from diva_tf.serving.export import ExportError
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]} (flags need --name=value)")

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 
 from diva_tf.config import Config, ConfigError
-from diva_tf.flags import config_from_flags, define_flags
+from diva_tf.config.flags import config_from_flags, define_flags
 
 define_flags()
 
@@ -36,7 +36,7 @@ def check_resume_compatible(saved: Config, cfg: Config) -> None:
 
 def check_workdir(cfg: Config) -> None:
     """Refuse to resume a run trained with other settings (no side effects)."""
-    from diva_tf import workdir as wd
+    from diva_tf.training import workdir as wd
 
     cfg_path = os.path.join(cfg.workdir, wd.CONFIG_FILE)
     if os.path.exists(cfg_path):
@@ -45,7 +45,7 @@ def check_workdir(cfg: Config) -> None:
 
 def prepare_workdir(cfg: Config, chief: bool) -> str:
     """The chief writes to --workdir; other workers to a scratch folder inside it."""
-    from diva_tf import workdir as wd
+    from diva_tf.training import workdir as wd
 
     out = cfg.workdir if chief else os.path.join(cfg.workdir, f"worker_scratch_{os.getpid()}")
     os.makedirs(out, exist_ok=True)
@@ -60,8 +60,8 @@ def run(cfg: Config) -> dict:
     The chief is the only writer of --workdir: it locks it before TensorFlow is imported or any
     data is read, so a second run on the same workdir is refused at once (other workers write to
     scratch folders and do not lock)."""
-    from diva_tf.distribute import is_chief
-    from diva_tf.workdir import WorkdirLock
+    from diva_tf.training.distribute import is_chief
+    from diva_tf.training.workdir import WorkdirLock
 
     chief = is_chief()
     with WorkdirLock(cfg.workdir) if chief else contextlib.nullcontext():
@@ -74,13 +74,13 @@ def _train(cfg: Config, chief: bool) -> dict:
     import keras
     import tensorflow as tf
 
-    from diva_tf import callbacks as cb
+    from diva_tf.training import callbacks as cb
     from diva_tf import data
-    from diva_tf import workdir as wd
-    from diva_tf.distribute import make_strategy
+    from diva_tf.training import workdir as wd
+    from diva_tf.training.distribute import make_strategy
     from diva_tf.evaluation.in_run import Evaluator
-    from diva_tf.run_log import RunLog
-    from diva_tf.trainer import DiVATrainer
+    from diva_tf.training.run_log import RunLog
+    from diva_tf.training.trainer import DiVATrainer
 
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
@@ -140,7 +140,7 @@ def _train(cfg: Config, chief: bool) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]} (flags need --name=value)")
-    from diva_tf.backbones.registry import BackboneError
+    from diva_tf.model.backbones.registry import BackboneError
     from diva_tf.data.errors import DataError
 
     try:

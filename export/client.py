@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""REST client for a served diva_tf export (TF Serving, or the `diva_tf.tools.serve` stand-in).
+"""REST client for a served diva_tf export (TF Serving, or the `diva_tf.serving.stand_in` stand-in).
 
     python export/client.py --url http://localhost:8501/v1/models/diva:predict IMAGE...
     python export/client.py --url ... --format columnar --signature serving_default IMAGE...
@@ -13,7 +13,7 @@ additionally needs diva_tf and faiss, imported only then.
 With --index the client first checks that the server runs the model the index was built with:
 the version it serves and the embedding size must match the index manifest, and the index's probe
 image, sent through the same URL and version, must embed as it did at build time (within
---probe_atol; see diva_tf.index). A mismatch is refused: embeddings of two models are not
+--probe_atol; see diva_tf.serving.index). A mismatch is refused: embeddings of two models are not
 comparable, and the neighbours would be wrong.
 
 A query file that cannot be read, or that the server refuses (e.g. not an image), gets one line
@@ -145,10 +145,10 @@ def pin_version(predict_url: str, timeout: float = 60.0) -> tuple[str, str]:
 
 def _import_index():
     try:
-        import diva_tf.index as index
+        import diva_tf.serving.index as index
     except ImportError:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        import diva_tf.index as index
+        import diva_tf.serving.index as index
     return index
 
 
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
                         help="neighbours per image with --index")
     parser.add_argument("--probe_atol", type=at_least(0.0, float), default=None,
                         help="with --index: largest max-abs difference of the served probe "
-                             "embedding from the index's (default diva_tf.index.PROBE_ATOL, "
+                             "embedding from the index's (default diva_tf.serving.index.PROBE_ATOL, "
                              "above float noise of the same model on other hardware)")
     parser.add_argument("--values", type=int, default=5, help="embedding values printed")
     parser.add_argument("--timeout", type=float, default=60.0)
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except RuntimeError as e:  # diva_tf.index.IndexMismatchError / IndexDataError
+    except RuntimeError as e:  # diva_tf.serving.index.IndexMismatchError / IndexDataError
         print(f"error: {e}", file=sys.stderr)
         return 2
     for i, answer in zip(readable, answers):

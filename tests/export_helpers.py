@@ -36,7 +36,7 @@ def tiny_config(**kw):
 
 def make_workdir(path: str, seed: int = 1, metrics: list | None = None):
     """A run folder as training leaves it: config.json + best.weights.h5 (+ metrics.jsonl)."""
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     os.makedirs(path, exist_ok=True)
     cfg = tiny_config(seed=seed)
@@ -114,9 +114,9 @@ def load_client():
 
 
 def start_server(base_path: str, name: str = "diva") -> tuple[subprocess.Popen, str]:
-    """`python -m diva_tf.tools.serve --port 0` in a subprocess; returns it and its base URL."""
+    """`python -m diva_tf.serve --port 0` in a subprocess; returns it and its base URL."""
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen([PYTHON, "-m", "diva_tf.tools.serve", "--model_base_path", base_path,
+    proc = subprocess.Popen([PYTHON, "-m", "diva_tf.serve", "--model_base_path", base_path,
                              "--model_name", name, "--port", "0"], cwd=REPO, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=log, text=True)
     line = proc.stdout.readline()

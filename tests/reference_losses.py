@@ -1,4 +1,4 @@
-"""Independent numpy references for diva_tf.miners and diva_tf.losses.
+"""Independent numpy references for diva_tf.objectives.miners and diva_tf.objectives.losses.
 
 Written from the spec (sections 4.1-4.6) and the cited original code with explicit Python loops,
 deliberately not vectorised like the TF code, in float64. Used only by the tests.

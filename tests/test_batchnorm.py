@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diva_tf.backbones import build_backbone
-from diva_tf.backbones.batchnorm import FusedInferenceBatchNormalization, fuse_inference_batchnorm
+from diva_tf.model.backbones import build_backbone
+from diva_tf.model.backbones.batchnorm import FusedInferenceBatchNormalization, fuse_inference_batchnorm
 
 EPS = 1e-3
 
@@ -105,7 +105,7 @@ def test_fuse_switches_nested_layers_and_keeps_weights():
 
 def test_keras_file_round_trip(tmp_path):
     from diva_tf.config import Config
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     model = build_embedding_model(Config(backbone="tiny", backbone_weights="none", embed_dim=8))
     x = np.random.RandomState(8).uniform(0, 255, (2, 32, 32, 3)).astype("float32")

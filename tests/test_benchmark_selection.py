@@ -84,7 +84,7 @@ def test_a_finished_run_with_other_flags_is_refused_not_reused(tmp_path):
     workdir = bench.run_dir(a, "diva_chosen", 0)
     os.makedirs(workdir)
     # What `diva_tf.train` saves for exactly these flags: accepted.
-    from diva_tf.flags import FLAGS, config_from_flags, define_flags
+    from diva_tf.config.flags import FLAGS, config_from_flags, define_flags
     define_flags()
     FLAGS.unparse_flags()
     FLAGS(["x", *bench.train_flags(a, "diva_chosen", 0)])
@@ -100,7 +100,7 @@ def test_a_finished_run_with_other_flags_is_refused_not_reused(tmp_path):
 def _synthetic_run(a, row, seed, test_r1, epochs):
     """A run folder as `diva_tf.train` leaves it: config.json of the row's flags and metrics.jsonl
     whose best validation epoch (epochs - 1) has test R@1 `test_r1`."""
-    from diva_tf.flags import FLAGS, config_from_flags, define_flags
+    from diva_tf.config.flags import FLAGS, config_from_flags, define_flags
 
     workdir = bench.run_dir(a, row, seed)
     os.makedirs(workdir)

@@ -104,7 +104,7 @@ def test_cli_rejects_bad_flags_before_reading_data(tmp_path):
 def test_flagfile_parses_into_config(tmp_path):
     from absl import flags as absl_flags
 
-    from diva_tf.flags import config_from_flags, define_flags
+    from diva_tf.config.flags import config_from_flags, define_flags
 
     define_flags()
     fv = absl_flags.FlagValues()

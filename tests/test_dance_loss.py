@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 import reference_losses as ref
-from diva_tf import losses
-from diva_tf.key_queue import enqueue
+from diva_tf.objectives import losses
+from diva_tf.training.trainer import enqueue
 
 
 def _batch(seed, b=6, m=18, dim=8):

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import reference_losses as ref
-from diva_tf import losses, miners
-from diva_tf.tensor_ops import gradient_reversal, l2_normalize
+from diva_tf.objectives import losses, miners
+from diva_tf.objectives.ops import gradient_reversal, l2_normalize
 
 DIM, HIDDEN = 6, 10
 

@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 import reference_losses as ref
-from diva_tf import diagnostics, miners
+from diva_tf.objectives import diagnostics, miners
 from diva_tf.config import Config
-from diva_tf.objective import DiVAObjective
+from diva_tf.objectives.objective import DiVAObjective
 
 HEADS = ["discriminative", "selfsimilarity", "shared", "intra"]
 

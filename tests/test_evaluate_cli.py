@@ -146,7 +146,7 @@ def flags(**kw):
 
 
 def test_workdir_and_saved_model_give_identical_results(run_and_data, tmp_path):
-    from diva_tf import export
+    from diva_tf.serving import export
 
     workdir, data_dir, model, cfg = run_and_data
     combos = evaluate.parse_combinations("0.5,1,1,1;1,1,1,1", 4)

@@ -9,7 +9,7 @@ import reference_metrics as refm
 from diva_tf import data
 from diva_tf.config import Config
 from diva_tf.evaluation.in_run import Evaluator
-from diva_tf.model import build_embedding_model
+from diva_tf.model.network import build_embedding_model
 from fixtures_data import isolated_cache, make_class_tree  # noqa: F401
 
 

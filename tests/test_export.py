@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diva_tf import export
+from diva_tf.serving import export
 import export_helpers as helpers
 from export_helpers import (METRICS, PROBE, PYTHON, check, make_workdir, run, sample_images,
                             write_files)
@@ -173,7 +173,7 @@ def test_run_metrics(trained, tmp_path):
 # ---- leftovers of killed exports (issue 25) ---------------------------------------------------
 KILLED_EXPORT = textwrap.dedent("""
     import os, signal, sys
-    from diva_tf import export
+    from diva_tf.serving import export
     workdir, base, version, point = sys.argv[1:5]
 
     def die():

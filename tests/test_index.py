@@ -10,8 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from diva_tf import export
-from diva_tf import index as idx
+from diva_tf.serving import export
+from diva_tf.serving import index as idx
 import export_helpers as helpers
 from export_helpers import (CLIENT, METRICS, PROBE, PYTHON, check, load_client, make_workdir, run,
                             start_server, tiny_config, write_files)
@@ -20,7 +20,7 @@ from synthetic import make_folder_dataset
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     base = str(tmp_path_factory.mktemp("models") / "diva")
     cfg = tiny_config()
@@ -73,7 +73,7 @@ def test_search_finds_the_query_itself(built, exported):
 
 
 def test_refuses_another_savedmodel(built, exported):
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     cfg = tiny_config(seed=7)
     other = export.export_model(build_embedding_model(cfg), cfg, os.path.dirname(exported))

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diva_tf import export
-from diva_tf import index as idx
+from diva_tf.serving import export
+from diva_tf.serving import index as idx
 from export_helpers import (CLIENT, PYTHON, load_client, run, start_server, tiny_config)
 from synthetic import make_folder_dataset
 
 
 def export_seed(base: str, seed: int) -> str:
     """A tiny model with its own random weights, published as version 1 of `base`."""
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     cfg = tiny_config(seed=seed)
     return export.export_model(build_embedding_model(cfg), cfg, base, version=1)
@@ -249,7 +249,7 @@ def test_a_missing_index_folder(tmp_path):
 # ---- 2. a killed rebuild keeps the previous index --------------------------------------------
 KILLED_BUILD = textwrap.dedent("""
     import json, os, signal, sys
-    from diva_tf import index
+    from diva_tf.serving import index
     point = sys.argv[4]
     real_dump, real_rename = json.dump, os.rename
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import reference_losses as ref
-from diva_tf import losses, miners
+from diva_tf.objectives import losses, miners
 
 
 def _deg(a):

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import reference_losses as ref
-from diva_tf import losses, miners
+from diva_tf.objectives import losses, miners
 
 SEED = tf.constant([3, 11], tf.int64)
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diva_tf.backbones.preprocessing import Normalize
+from diva_tf.model.backbones.preprocessing import Normalize
 from diva_tf.config import Config
-from diva_tf.model import build_embedding_model, head_variables
+from diva_tf.model.network import build_embedding_model, head_variables
 
 
 def _tiny(**kw):
@@ -76,7 +76,7 @@ def test_normalize_modes(mode, ref):
 
 
 def test_unknown_backbone_and_missing_weights_file_are_clear():
-    from diva_tf.backbones.registry import BackboneError, build_backbone
+    from diva_tf.model.backbones.registry import BackboneError, build_backbone
 
     with pytest.raises(BackboneError, match="unknown backbone"):
         build_backbone("vgg16")

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from diva_tf.config import Config
-from diva_tf.objective import DiVAObjective
+from diva_tf.objectives.objective import DiVAObjective
 
 
 def _inputs(heads, b=8, d=8, m=16, seed=0):

@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from diva_tf.config import Config
-from diva_tf.optim import ADAM_EPSILON, OPTIMIZERS, add_coupled_l2, optimizers_from_config
-from diva_tf.schedules import EpochCosineDecay, EpochStepDecay
+from diva_tf.training.optimizers import ADAM_EPSILON, OPTIMIZERS, add_coupled_l2, optimizers_from_config
+from diva_tf.training.schedules import EpochCosineDecay, EpochStepDecay
 
 
 def _torch_adam_l2(w, grads, lr, decay, eps=1e-8, b1=0.9, b2=0.999):

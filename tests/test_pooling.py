@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from diva_tf.config import Config, ConfigError
-from diva_tf.model import build_embedding_model
-from diva_tf.gem_pooling import GeneralizedMeanPooling
-from diva_tf.pooling import global_pooling
+from diva_tf.model.network import build_embedding_model
+from diva_tf.model.pooling import GeneralizedMeanPooling
+from diva_tf.model.pooling import global_pooling
 
 
 def test_gem_matches_numpy_and_its_limits():

@@ -1,4 +1,4 @@
-"""The REST stand-in (`diva_tf.tools.serve`) against TF Serving's documented REST contract.
+"""The REST stand-in (`diva_tf.serving.stand_in`) against TF Serving's documented REST contract.
 
 Expectations come from the contract (tensorflow/serving `g3doc/api_rest.md`) and from the
 SavedModel itself, never from the stand-in's own strings:
@@ -40,8 +40,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from diva_tf import export
-from diva_tf.tools import serve
+from diva_tf.serving import export
+from diva_tf import serve as serve_cli
+from diva_tf.serving import stand_in as serve
 from export_helpers import (CLIENT, PYTHON, REPO, check, load_client, run, sample_images,
                             subprocess_env, tiny_config, write_files)
 
@@ -53,7 +54,7 @@ DT_NAME = {tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}
 
 @pytest.fixture(scope="module")
 def base_path(tmp_path_factory):
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     base = str(tmp_path_factory.mktemp("models") / MODEL)
     for seed, version in enumerate(VERSIONS, 1):
@@ -324,7 +325,7 @@ def test_server_survives_errors(server):
 # ---- stand-in behaviour beyond the contract ------------------------------------------------------
 
 def test_new_version_is_picked_up(base_path):
-    from diva_tf.model import build_embedding_model
+    from diva_tf.model.network import build_embedding_model
 
     store = serve.ModelStore(MODEL, base_path, "latest")
     assert store.refresh() == [max(VERSIONS)]
@@ -338,15 +339,15 @@ def test_new_version_is_picked_up(base_path):
 
 
 def test_the_package_does_not_import_the_stand_in():
-    """`diva_tf.tools` is test/demo tooling: no module of the package outside it imports it (at
-    the top or inside a function)."""
-    package = os.path.dirname(export.__file__)
+    """The stand-in is test/demo tooling: no module of the package but its entry point
+    `diva_tf/serve.py` imports `diva_tf.serving.stand_in` (at the top or inside a function)."""
+    package = os.path.dirname(serve_cli.__file__)
     offenders = []
     for folder, _, files in os.walk(package):
-        if os.path.relpath(folder, package).split(os.sep)[0] == "tools":
-            continue
         for name in (f for f in files if f.endswith(".py")):
             path = os.path.join(folder, name)
+            if os.path.relpath(path, package) in ("serve.py", os.path.join("serving", "stand_in.py")):
+                continue
             with open(path) as f:
                 tree = ast.parse(f.read(), path)
             for node in ast.walk(tree):
@@ -357,7 +358,7 @@ def test_the_package_does_not_import_the_stand_in():
                     targets = [base, *(f"{base}.{a.name}" for a in node.names)]
                 else:
                     continue
-                if any(re.fullmatch(r"(diva_tf|\.+)\.?tools(\..*)?", t) for t in targets):
+                if any(re.fullmatch(r"(diva_tf\.serving|\.+)\.?stand_in(\..*)?", t) for t in targets):
                     offenders.append(f"{os.path.relpath(path, package)}:{node.lineno}")
     assert not offenders
 
@@ -617,7 +618,7 @@ def test_a_broken_newer_version_does_not_take_the_model_offline(base_path, loade
 # ---- the command line ------------------------------------------------------------------------------
 
 def test_the_cli_applies_its_limits(base_path, images):
-    proc = subprocess.Popen([PYTHON, "-m", "diva_tf.tools.serve", "--model_base_path", base_path,
+    proc = subprocess.Popen([PYTHON, "-m", "diva_tf.serve", "--model_base_path", base_path,
                              "--port", "0", "--max_image_pixels", "2100", "--request_timeout_seconds",
                              "0.5", "--file_system_poll_wait_seconds", "0"],
                             cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
@@ -648,8 +649,8 @@ NON_NEGATIVE, PORT = "a finite number >= 0 (0 = no limit)", "in [0, 65535] (0 = 
     ("request_timeout_seconds", math.nan, NON_NEGATIVE),
     ("file_system_poll_wait_seconds", -0.5, NON_NEGATIVE), ("port", 65536, PORT), ("port", -1, PORT)])
 def test_a_bad_flag_value_is_one_line_and_exit_2(capsys, name, value, rule):
-    assert serve.flag_error(types.SimpleNamespace(**FLAGS)) is None
-    assert serve.run(types.SimpleNamespace(**{**FLAGS, name: value})) == 2
+    assert serve_cli.flag_error(types.SimpleNamespace(**FLAGS)) is None
+    assert serve_cli.run(types.SimpleNamespace(**{**FLAGS, name: value})) == 2
     assert capsys.readouterr().err == f"error: --{name}={value}: must be {rule}\n"
 
 

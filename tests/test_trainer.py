@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from diva_tf.config import Config
-from diva_tf.optim import ADAM_EPSILON
-from diva_tf.trainer import DiVATrainer
+from diva_tf.training.optimizers import ADAM_EPSILON
+from diva_tf.training.trainer import DiVATrainer
 
 CFG = Config(backbone="tiny", backbone_weights="none", bs=8, embed_dim=8, diva_decorrnet_dim=16,
              diva_moco_n_key_batches=2, seed=3, lr=1e-3)

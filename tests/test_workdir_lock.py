@@ -15,7 +15,7 @@ import pytest
 from test_train_cli import ENV, _flags, _records, folder_data, run_train  # noqa: F401 (fixture)
 
 HOLD = ("import sys, time\n"
-        "from diva_tf.workdir import WorkdirLock\n"
+        "from diva_tf.training.workdir import WorkdirLock\n"
         "with WorkdirLock(sys.argv[1]):\n"
         "    print('locked', flush=True)\n"
         "    time.sleep(600)\n")
@@ -71,7 +71,7 @@ def test_a_lock_left_by_sigkill_does_not_block_the_next_run(folder_data, holder)
 
 def test_a_second_holder_is_refused_and_only_a_folder_the_lock_created_is_removed(tmp_path):
     from diva_tf.config import ConfigError
-    from diva_tf.workdir import WorkdirLock
+    from diva_tf.training.workdir import WorkdirLock
 
     fresh = str(tmp_path / "fresh")
     with WorkdirLock(fresh):

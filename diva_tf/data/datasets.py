@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from absl import logging
 
-from diva_tf.choices import lookup
+from diva_tf.core.choices import lookup
 from diva_tf.data import cars196, cub200, emoji, folder, sop, tfds_source
 from diva_tf.data.errors import DataError
 from diva_tf.data.imagefiles import drop_unreadable

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from absl import logging
 
-from diva_tf.choices import lookup
+from diva_tf.core.choices import lookup
 from diva_tf.data.errors import DataError
 
 _STREAM = 0x5A4D50  # separates the sampler's random stream from other uses of (seed, epoch)

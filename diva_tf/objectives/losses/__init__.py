@@ -1,0 +1,35 @@
+"""DiVA's training objectives (spec 4) and alternative discriminative losses: pure tensor functions.
+
+`DISCRIMINATIVE_LOSSES` and `SELF_SUPERVISED_LOSSES` (in `registry`) are the registries of --loss
+and --diva_ssl. The loss functions are
+loaded on first use, so the registry (and `diva_tf.config`, which validates against it) does not
+pay for importing TensorFlow.
+"""
+
+import importlib
+
+from diva_tf.objectives.losses.registry import DISCRIMINATIVE_LOSSES, SELF_SUPERVISED_LOSSES, DiscriminativeLoss
+
+_MODULE_OF = {
+    "dance_logits": "dance",
+    "dance_loss": "dance",
+    "dance_row_losses": "dance",
+    "dance_weights": "dance",
+    "build_regressor": "decorrelation",
+    "correlation": "decorrelation",
+    "decorrelation_loss": "decorrelation",
+    "directions_loss": "decorrelation",
+    "margin_loss": "margin",
+    "multi_similarity_loss": "multisimilarity",
+    "proxy_initializer": "proxy",
+    "proxy_softmax_loss": "proxy",
+    "triplet_semihard_loss": "triplet",
+}
+
+__all__ = ["DISCRIMINATIVE_LOSSES", "SELF_SUPERVISED_LOSSES", "DiscriminativeLoss", *sorted(_MODULE_OF)]
+
+
+def __getattr__(name):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

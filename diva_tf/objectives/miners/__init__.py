@@ -1,0 +1,18 @@
+"""Triplet miners of DiVA's margin-loss tasks (spec 4.2-4.4): pure, stateless, static-shape functions."""
+
+from diva_tf.objectives.miners.distance import (distance_weighted_triplets, log_sphere_weights, negative_logits,
+                                     negative_probabilities, pairwise_distances, pairwise_squared_distances)
+from diva_tf.objectives.miners.intra import intra_random_triplets
+from diva_tf.objectives.miners.shared import permute_labels, shared_permuted_triplets
+
+__all__ = [
+    "distance_weighted_triplets",
+    "intra_random_triplets",
+    "log_sphere_weights",
+    "negative_logits",
+    "negative_probabilities",
+    "pairwise_distances",
+    "pairwise_squared_distances",
+    "permute_labels",
+    "shared_permuted_triplets",
+]

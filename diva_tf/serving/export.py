@@ -1,0 +1,371 @@
+"""Export a trained embedding model as a TF Serving SavedModel, and read one back.
+
+`python -m diva_tf.export --workdir DIR --export_dir export/models/diva [--version N]
+[--checkpoint best|last] [--head_weights 0.5,1,1,1] [--overwrite]`
+
+Layout (what TF Serving watches): `<export_dir>/<version>/saved_model.pb`, `variables/`,
+`assets/diva_manifest.json`. A version is written to a hidden temporary folder beside it and
+renamed into place, so a server polling `<export_dir>` never sees half an export.
+
+Temporary folders are named `.tmp-<version>-<host>.<pid>-XXXX` (and `.old-<version>-...` for a
+version moved aside by --overwrite): the next export into the same `<export_dir>` removes those
+whose process is dead on this host, and puts an `.old-` copy back if its version is missing (a
+crash between the two renames of a swap). Folders of a live process, of another host, or in an
+older naming without the owner are left alone (remove them by hand when no export is running).
+
+The manifest's `source` is portable, not a path of the machine that trained: `run` (the run
+folder's name), `workdir` (the run folder relative to the current directory when it is inside it,
+else null), `checkpoint`, and `config` (the run's config.json, with every absolute path in it
+likewise made relative to the current directory, or reduced to its last component).
+
+Signatures:
+- `serving_default`: `image_bytes` tf.string [n] (JPEG/PNG/GIF/BMP/WebP, any size) -> decoded to
+  RGB, then the evaluation transform (resize the shorter side to `resize`, centre crop `crop`) and
+  the model. Decoder and transform are the functions the evaluation pipeline maps over its images.
+- `serve_images`: `images` float32 [n, crop, crop, 3] in 0..255 -> the model, with NO resize or
+  crop: the caller must pass images already transformed as above.
+Both return `embedding` (heads weighted by the baked-in head weights, concatenated and
+re-normalised, spec 2.4) and each head's unit-norm embedding under the head's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+MANIFEST_FILE = "diva_manifest.json"
+BYTES_SIGNATURE = "serving_default"
+IMAGES_SIGNATURE = "serve_images"
+BYTES_INPUT = "image_bytes"
+IMAGES_INPUT = "images"
+EMBEDDING_OUTPUT = "embedding"
+
+
+class ExportError(RuntimeError):
+    """An export that must not happen (e.g. it would overwrite a published version)."""
+
+
+# ---- TF Serving layout ----------------------------------------------------------------------
+def list_versions(base_path: str) -> list[int]:
+    """Published versions under a model base path, ascending (integer folders with a SavedModel)."""
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(int(name) for name in os.listdir(base_path)
+                  if name.isdigit()
+                  and os.path.exists(os.path.join(base_path, name, "saved_model.pb")))
+
+
+def next_version(base_path: str) -> int:
+    versions = list_versions(base_path)
+    return versions[-1] + 1 if versions else 1
+
+
+def resolve_saved_model(path: str) -> tuple[str, int | None]:
+    """A version folder, or a base path (-> its highest version): (version_dir, version)."""
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        name = os.path.basename(os.path.normpath(path))
+        return path, int(name) if name.isdigit() else None
+    versions = list_versions(path)
+    if not versions:
+        raise ExportError(f"{path} is neither a SavedModel nor a model base path holding "
+                          "<version>/saved_model.pb")
+    return os.path.join(path, str(versions[-1])), versions[-1]
+
+
+def read_manifest(version_dir: str) -> dict:
+    path = os.path.join(version_dir, "assets", MANIFEST_FILE)
+    if not os.path.exists(path):
+        raise ExportError(f"{version_dir} has no assets/{MANIFEST_FILE}: not a diva_tf export")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except ValueError as e:
+            raise ExportError(f"{path} is not valid JSON ({e}): re-export the model") from None
+
+
+def fingerprint(version_dir: str) -> str:
+    """sha256 over the graph and the variable index: changes with any re-export or new weights."""
+    digest = hashlib.sha256()
+    for rel in ("saved_model.pb", os.path.join("variables", "variables.index")):
+        with open(os.path.join(version_dir, rel), "rb") as f:
+            digest.update(rel.encode() + b"\0" + f.read())
+    return digest.hexdigest()
+
+
+# ---- the exported graph ---------------------------------------------------------------------
+def eval_preprocess(image_bytes: tf.Tensor, cfg) -> tf.Tensor:
+    """One encoded image -> float32 [crop, crop, 3], composed exactly as `data.eval_dataset`
+    does: the data pipeline's decoder, then its test view."""
+    from diva_tf.data.augment import test_view
+    from diva_tf.data.source import decode_rgb
+
+    return test_view(decode_rgb(image_bytes), cfg.resize, cfg.crop)
+
+
+def embedding_outputs(model, heads, head_weights, images):
+    """{'embedding': combined, head: per-head} for images already at model input."""
+    from diva_tf.evaluation.combine import combine_heads_tf
+
+    per_head = model(images, training=False)
+    outputs = {EMBEDDING_OUTPUT: combine_heads_tf(per_head, heads, head_weights)}
+    outputs.update({h: per_head[h] for h in heads})
+    return outputs
+
+
+def build_archive(model, cfg, head_weights):
+    """ExportArchive with the `serving_default` (encoded bytes) and `serve_images` endpoints."""
+    import keras
+
+    heads = list(cfg.diva_features)
+    image_spec = tf.TensorSpec([cfg.crop, cfg.crop, 3], tf.float32)
+
+    def from_images(images):
+        return embedding_outputs(model, heads, head_weights, images)
+
+    def from_bytes(image_bytes):
+        images = tf.map_fn(lambda b: eval_preprocess(b, cfg), image_bytes,
+                           fn_output_signature=image_spec)
+        return from_images(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(BYTES_SIGNATURE, from_bytes,
+                         input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+    archive.add_endpoint(IMAGES_SIGNATURE, from_images,
+                         input_signature=[tf.TensorSpec([None, cfg.crop, cfg.crop, 3], tf.float32,
+                                                        name=IMAGES_INPUT)])
+    return archive
+
+
+# ---- manifest -------------------------------------------------------------------------------
+def run_metrics(workdir: str, heads, head_weights, checkpoint: str = "best") -> dict | None:
+    """Scores of the exported combination from workdir/metrics.jsonl, if the run logged any:
+    its best epoch by R@1 (for 'best' weights) or its last evaluated epoch (for 'last').
+
+    R@1 is read on `val` when the run has a validation split, else on `test`, as training selects;
+    the embedding is the one named for the exported head weights (else the first one logged).
+    """
+    from diva_tf.training import workdir as wd
+    from diva_tf.evaluation.combine import combination_name
+
+    path = os.path.join(workdir, wd.METRICS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    keys = list(dict.fromkeys(k for r in records for k in r if k.endswith("/recall@1")))
+    if not keys:
+        return None
+    split = "val/" if any(k.startswith("val/") for k in keys) else "test/"
+    keys = [k for k in keys if k.startswith(split)] or keys
+    name = combination_name(heads, head_weights)
+    key = next((k for k in keys if k.split("/")[-2] == name), keys[0])
+    scored = [r for r in records if isinstance(r.get(key), (int, float))]
+    chosen = scored[-1] if checkpoint == "last" else max(scored, key=lambda r: r[key])
+    prefix = key.rsplit("/", 1)[0] + "/"
+    return {"selection_key": key, "epoch": chosen.get("epoch"),
+            "scores": {k[len(prefix):]: v for k, v in chosen.items() if k.startswith(prefix)}}
+
+
+def make_manifest(cfg, head_weights, version: int, metrics: dict | None, source: dict) -> dict:
+    import diva_tf
+
+    heads = list(cfg.diva_features)
+    return {
+        "heads": heads,
+        "head_weights": [float(w) for w in head_weights],
+        "head_dims": [cfg.dims[h] for h in heads],
+        "embedding_dim": sum(cfg.dims[h] for h in heads),
+        "crop": cfg.crop,
+        "resize": cfg.resize,
+        "backbone": cfg.backbone,
+        "dataset": cfg.dataset,
+        "diva_tf_version": diva_tf.__version__,
+        "model_version": int(version),
+        "signatures": {BYTES_SIGNATURE: BYTES_INPUT, IMAGES_SIGNATURE: IMAGES_INPUT},
+        "metrics": metrics,
+        "source": source,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ---- hidden temporary folders, owned by a process ------------------------------------------
+_OWNED = re.compile(r"\.(?P<kind>tmp|old)-(?P<target>.+)-(?P<host>[A-Za-z0-9]+)\.(?P<pid>\d+)"
+                    r"-[a-z0-9_]+")
+ASIDE = "previous"  # inside an `.old-` folder: the folder that was replaced
+
+
+def _host() -> str:
+    """This machine's name as it may appear in a folder name (letters and digits only)."""
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def owned_tempdir(parent: str, kind: str, target: str) -> str:
+    """A new hidden folder `.<kind>-<target>-<host>.<pid>-XXXX` in parent. The owner in the name
+    tells a later run whether the folder is a dead process's leftover or a live one's work."""
+    return tempfile.mkdtemp(prefix=f".{kind}-{target}-{_host()}.{os.getpid()}-", dir=parent)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 probes without sending)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def clean_stale(parent: str, target: str | None = None) -> list[str]:
+    """Remove the owned temporary folders in parent (of `target` only, if given) whose process
+    is dead on this host; returns their paths. An `.old-` folder whose target is missing holds
+    the only copy (a crash between the two renames of `swap_in`): it is put back first."""
+    from absl import logging
+
+    removed = []
+    names = sorted(os.listdir(parent)) if os.path.isdir(parent) else []
+    for name in names:
+        m = _OWNED.fullmatch(name)
+        if (not m or target not in (None, m["target"]) or m["host"] != _host()
+                or process_alive(int(m["pid"]))):
+            continue
+        path, final = os.path.join(parent, name), os.path.join(parent, m["target"])
+        previous = os.path.join(path, ASIDE)
+        if m["kind"] == "old" and os.path.isdir(previous) and not os.path.exists(final):
+            os.rename(previous, final)
+            logging.warning("put %s back from %s (its replacement was interrupted)", final, path)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def swap_in(tmp: str, final: str, replace: bool) -> None:
+    """Rename the complete folder tmp to final. An existing final (only if `replace`) is moved
+    into an `.old-` folder first and deleted after, or put back if the rename fails; a crash
+    between the two renames leaves it there for `clean_stale` to restore."""
+    parent, name = os.path.split(final)
+    aside = None
+    if replace and os.path.exists(final):
+        aside = owned_tempdir(parent, "old", name)
+        os.rename(final, os.path.join(aside, ASIDE))
+    try:
+        os.rename(tmp, final)
+    except OSError as e:
+        if aside is not None and not os.path.exists(final):
+            os.rename(os.path.join(aside, ASIDE), final)
+        raise FileExistsError(f"{final} appeared while it was being written (another export or "
+                              f"index build at the same time?): {e}") from None
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+# ---- publishing -----------------------------------------------------------------------------
+def export_model(model, cfg, export_dir: str, version: int | None = None, head_weights=None,
+                 overwrite: bool = False, metrics: dict | None = None,
+                 source: dict | None = None) -> str:
+    """Write `model` as `<export_dir>/<version>` atomically; returns the version folder.
+
+    version defaults to the highest published version + 1. An existing version is refused unless
+    `overwrite`, in which case it is swapped out only after the new one is complete. Leftovers of
+    dead exports into export_dir are cleaned first.
+    """
+    heads = list(cfg.diva_features)
+    head_weights = tuple(cfg.head_weights if head_weights is None else head_weights)
+    if len(head_weights) != len(heads) or min(head_weights) < 0 or max(head_weights) <= 0:
+        raise ExportError(f"head weights {head_weights} for heads {heads}: need one non-negative "
+                          "weight per head, not all zero")
+    os.makedirs(export_dir, exist_ok=True)
+    clean_stale(export_dir)
+    version = next_version(export_dir) if version is None else int(version)
+    if version <= 0:
+        raise ExportError(f"--version must be a positive integer, got {version}")
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise ExportError(f"{final} already exists; pass --overwrite to replace it, or omit "
+                          "--version to publish the next one")
+    tmp = owned_tempdir(export_dir, "tmp", str(version))
+    try:
+        build_archive(model, cfg, head_weights).write_out(tmp, verbose=False)
+        os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
+        with open(os.path.join(tmp, "assets", MANIFEST_FILE), "w") as f:
+            json.dump(make_manifest(cfg, head_weights, version, metrics, source or {}), f, indent=2)
+        swap_in(tmp, final, overwrite)
+    except FileExistsError as e:
+        raise ExportError(str(e)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def relative_to_cwd(path: str) -> str | None:
+    """path relative to the current directory if it is inside it, else None."""
+    rel = os.path.relpath(os.path.abspath(path), os.getcwd())
+    return None if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
+def portable_path(path: str) -> str:
+    """A path that says nothing about this machine: relative to the current directory when it is
+    inside it, else its last component."""
+    return relative_to_cwd(path) or os.path.basename(os.path.abspath(path))
+
+
+def run_source(workdir: str, cfg, checkpoint: str) -> dict:
+    """Where an export came from, portably (see the module docstring)."""
+    config = {k: portable_path(v) if isinstance(v, str) and os.path.isabs(v) else v
+              for k, v in cfg.to_dict().items()}
+    return {"run": os.path.basename(os.path.abspath(workdir)), "workdir": relative_to_cwd(workdir),
+            "checkpoint": checkpoint, "config": config}
+
+
+def export_workdir(workdir: str, export_dir: str, version: int | None = None,
+                   checkpoint: str = "best", head_weights=None, overwrite: bool = False) -> str:
+    """Load a training run's weights and export them; returns the version folder."""
+    from diva_tf.training.workdir import load_model
+
+    model, cfg = load_model(workdir, checkpoint)
+    weights = tuple(cfg.head_weights if head_weights is None else head_weights)
+    return export_model(model, cfg, export_dir, version, weights, overwrite,
+                        run_metrics(workdir, cfg.diva_features, weights, checkpoint),
+                        run_source(workdir, cfg, checkpoint))
+
+
+@dataclasses.dataclass
+class LoadedExport:
+    """A loaded export; `root` owns the variables, so keep it as long as a signature is used."""
+
+    root: object
+    version_dir: str
+    version: int | None
+    manifest: dict
+
+    def signature(self, name: str = BYTES_SIGNATURE):
+        if name not in self.root.signatures:
+            raise ExportError(f"{self.version_dir} has no signature {name!r} "
+                              f"(has {sorted(self.root.signatures)})")
+        return self.root.signatures[name]
+
+    def embed_bytes(self, encoded: list, output: str = EMBEDDING_OUTPUT) -> np.ndarray:
+        """Run `serving_default` on a list of encoded images."""
+        return self.signature()(**{BYTES_INPUT: tf.constant(encoded, tf.string)})[output].numpy()
+
+
+def load_export(saved_model: str) -> LoadedExport:
+    """A version folder or a base path (-> highest version), loaded with TensorFlow alone."""
+    version_dir, version = resolve_saved_model(saved_model)
+    return LoadedExport(tf.saved_model.load(version_dir), version_dir, version,
+                        read_manifest(version_dir))

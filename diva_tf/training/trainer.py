@@ -1,0 +1,211 @@
+"""`DiVATrainer`: a keras.Model whose `train_step` (used through `fit`) runs one DiVA iteration
+(spec 5.2) with global-batch semantics under any tf.distribute strategy.
+
+Per step: query forward on view 1 (frozen BN = training=False), key forward on view 2, embeddings,
+keys and labels all-gathered across replicas, the objective on the global batch scaled by
+1/replicas (Keras sums replica gradients, stack_notes trap 1), one optimizer step per parameter
+group, then the momentum update of the key encoder and the FIFO enqueue of this step's keys.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from diva_tf.config import Config
+from diva_tf.training.distribute import num_workers
+from diva_tf.model.network import build_embedding_model, head_variables
+from diva_tf.objectives.objective import DiVAObjective
+from diva_tf.training.optimizers import DECAYED_GROUPS, OPTIMIZERS, add_coupled_l2, optimizers_from_config
+
+
+def enqueue(queue, keys):
+    """The MoCo key queue of the self-similarity head (spec 4.5), FIFO: drop the oldest B rows
+    from the front and append this step's keys at the end."""
+    keys = tf.cast(tf.stop_gradient(keys), queue.dtype)
+    batch = keys.shape[0] if keys.shape[0] is not None else tf.shape(keys)[0]
+    return tf.concat([queue[batch:], keys], axis=0)
+
+
+def assign_in_replica_context(pairs) -> None:
+    """Assign values that are identical on every replica to (possibly mirrored) variables."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1 and not tf.distribute.has_strategy():
+        for var, value in pairs:
+            var.assign(value)
+        return
+
+    def merge_fn(strategy, *values):
+        for (var, _), value in zip(pairs, values):
+            tf_var = var.value if isinstance(var, keras.Variable) else var
+            strategy.extended.update(tf_var, lambda v, x: v.assign(x), args=(value,), group=False)
+
+    ctx.merge_call(merge_fn, args=tuple(value for _, value in pairs))
+
+
+@tf.custom_gradient
+def _dense_gradient(x):
+    """Identity whose gradient is made dense: all_gather's backward pass cannot take the
+    IndexedSlices that tf.gather-based losses produce."""
+    return tf.identity(x), lambda dy: tf.convert_to_tensor(dy)
+
+
+def _gather(x):
+    """All-gather along the batch axis (differentiable; identity with one replica)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    devices = ctx.strategy.extended.worker_devices
+    if not x.device and len(devices) == 1:
+        # MultiWorkerMirrored with one device per worker: all_gather takes its destination from
+        # x.device, which is empty inside tf.function, and would fail with "destinations can not be empty".
+        with tf.device(devices[0]):
+            x = tf.identity(x)
+    return _dense_gradient(ctx.all_gather(x, axis=0))
+
+
+class DiVATrainer(keras.Model):
+    """Holds the query network, key encoder, queue and objective; `embedder` is what gets exported."""
+
+    def __init__(self, cfg: Config, num_classes: int, steps_per_epoch: int, **kwargs):
+        super().__init__(name="diva_trainer", **kwargs)
+        self.cfg = cfg
+        self.embedder = build_embedding_model(cfg)
+        self.objective = DiVAObjective.from_config(cfg, num_classes)
+        self.objective.build()
+        self.use_keys = "selfsimilarity" in cfg.diva_features
+        if self.use_keys:
+            self.key_encoder = build_embedding_model(cfg, weights="none", name="key_encoder")
+            self.key_encoder.set_weights(self.embedder.get_weights())
+            self.key_encoder.trainable = False
+            trainable = {id(v) for v in self.embedder.trainable_variables}
+            self._ema_pairs = [(k, q) for k, q in zip(self.key_encoder.weights, self.embedder.weights)
+                               if id(q) in trainable]
+            self.queue = self.add_weight(
+                name="queue", shape=(cfg.diva_moco_n_key_batches * cfg.bs, cfg.dims["selfsimilarity"]),
+                initializer="zeros", trainable=False)
+        self.optimizers = optimizers_from_config(cfg, steps_per_epoch)
+        self._loss_trackers = {}
+        self.built = True
+
+    # ---- Keras plumbing ------------------------------------------------------------------
+    def call(self, images, training=False):
+        return self.embedder(images, training=training)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """No-op: everything is built in __init__. Keras's version pulls one batch off the training
+        iterator (shifting every epoch's batches by one) and fails under MultiWorkerMirroredStrategy."""
+
+    def variable_groups(self) -> dict:
+        network = list(self.embedder.trainable_variables)
+        if "heads" not in self.optimizers:
+            return {"network": network, **self.objective.variable_groups()}
+        heads = head_variables(self.embedder)
+        in_heads = {id(v) for v in heads}
+        return {"network": [v for v in network if id(v) not in in_heads], "heads": heads,
+                **self.objective.variable_groups()}
+
+    def build_optimizers(self) -> None:
+        """Create every optimizer slot now (under the strategy scope), not lazily in a replica."""
+        for group, variables in self.variable_groups().items():
+            if variables:
+                self.optimizers[group].build(variables)
+
+    def compile_for_training(self) -> None:
+        """compile + every optimizer slot and loss tracker created eagerly (under the scope)."""
+        self.compile(optimizer=self.optimizers["network"], jit_compile=bool(self.cfg.jit_compile))
+        self.build_optimizers()
+        self.init_trackers()
+
+    def _mean_tracker(self, name: str) -> keras.metrics.Mean:
+        if name not in self._loss_trackers:
+            self._loss_trackers[name] = keras.metrics.Mean(name=name)
+        return self._loss_trackers[name]
+
+    def init_trackers(self) -> None:
+        """Create loss and diagnostic trackers eagerly (so `metrics` lists them before the first step)."""
+        for n in ["loss"] + self.objective.log_names():
+            self._mean_tracker(n)
+
+    @property
+    def metrics(self):
+        return list(self._loss_trackers.values())
+
+    # ---- one DiVA iteration -------------------------------------------------------------
+    def _seed(self):
+        step = tf.cast(self.optimizers["network"].iterations, tf.int64)
+        return tf.stack([tf.constant(self.cfg.seed, tf.int64), step])
+
+    def compute_objective(self, view1, view2, labels, training_mode: bool):
+        """Global-batch objective for this replica's slice; returns (total, terms, global keys,
+        diagnostics)."""
+        keys = None
+        if self.use_keys:
+            keys = tf.stop_gradient(_gather(self.key_encoder(view2, training=False)["selfsimilarity"]))
+        embs = {k: _gather(v) for k, v in self.embedder(view1, training=training_mode).items()}
+        queue = self.queue if self.use_keys else None
+        total, terms = self.objective(embs, _gather(labels), self._seed(), keys, queue)
+        return total, terms, keys, self.objective.statistics(embs, keys, queue)
+
+    def compute_gradients(self, view1, view2, labels):
+        """This replica's gradients per group (coupled L2 included), before the all-reduce.
+
+        Summed over replicas they equal the single-device gradients of the global batch.
+        """
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        groups = {g: v for g, v in self.variable_groups().items() if v}
+        flat_vars = [v for vs in groups.values() for v in vs]
+        with tf.GradientTape() as tape:
+            total, terms, keys, stats = self.compute_objective(view1, view2, labels,
+                                                               training_mode=not self.cfg.frozen_bn)
+            scaled = total / replicas
+        flat_grads = tape.gradient(scaled, flat_vars)
+        grads, start = {}, 0
+        for group, variables in groups.items():
+            g = flat_grads[start:start + len(variables)]
+            start += len(variables)
+            if group in DECAYED_GROUPS and OPTIMIZERS[self.cfg.optimizer].coupled_decay:
+                g = add_coupled_l2(g, variables, self.cfg.decay / replicas)
+            grads[group] = (g, variables)
+        return grads, total, {**terms, **stats}, keys
+
+    def train_step(self, data):
+        view1, view2, labels = data
+        grads, total, terms, keys = self.compute_gradients(view1, view2, labels)
+        for group, (g, variables) in grads.items():
+            self.optimizers[group].apply(g, variables)
+        if self.use_keys:
+            self.momentum_update()
+            assign_in_replica_context([(self.queue, enqueue(self.queue, keys))])
+        self._mean_tracker("loss").update_state(total)
+        for name, value in terms.items():
+            self._mean_tracker(name).update_state(value)
+        logs = {m.name: m.result() for m in self.metrics}
+        if num_workers() > 1:
+            # Keras reduces multi-worker step outputs with strategy.reduce(MEAN, axis=0), which
+            # needs a batch axis; the values are identical on every replica.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
+
+    def momentum_update(self) -> None:
+        """key <- m * key + (1 - m) * query over trainable variables (spec 2.3), after the step."""
+        m = self.cfg.diva_moco_momentum
+        assign_in_replica_context([(k, m * k + (1.0 - m) * q) for k, q in self._ema_pairs])
+
+    # ---- queue initialisation (spec 4.5) ------------------------------------------------
+    def fill_queue(self, batches) -> None:
+        """Stack key-encoder outputs on view 1 of exactly n_key_batches global batches."""
+        if not self.use_keys:
+            return
+        keys = []
+        for i, (view1, _view2, _labels) in enumerate(batches):
+            if i >= self.cfg.diva_moco_n_key_batches:
+                break
+            keys.append(self._key_embed(view1))
+        if len(keys) < self.cfg.diva_moco_n_key_batches:
+            raise ValueError(f"queue needs {self.cfg.diva_moco_n_key_batches} batches, got {len(keys)}")
+        self.queue.assign(tf.concat(keys, axis=0))
+
+    @tf.function
+    def _key_embed(self, images):
+        return self.key_encoder(images, training=False)["selfsimilarity"]
