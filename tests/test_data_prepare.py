@@ -105,8 +105,29 @@ def test_npm_pack_runs_only_for_missing_tarballs(tmp_path, npm_cache, monkeypatc
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     monkeypatch.setenv("DIVA_TF_NPM_CACHE", cache)
     manifest, _ = prepare_emoji(str(tmp_path / "out"), VENDORS, 64)
-    assert open(log).read().split("\n")[:-1] == ["pack emoji-datasource-twitter"]
+    assert [line.split()[:2] for line in open(log).read().splitlines()] == [
+        ["pack", "emoji-datasource-twitter"]]
+    assert sorted(os.listdir(cache)) == ["emoji-datasource-google-16.0.0.tgz",
+                                         "emoji-datasource-twitter-16.0.0.tgz"]
     assert manifest["num_classes"] == 5
+
+
+def test_downloads_leave_one_copy_on_disk(tmp_path, npm_cache, monkeypatch):
+    """Without --npm_cache the tarballs go to a temporary folder inside OUT, deleted after the
+    images are written, and npm is pointed at a throwaway cache of its own: what stays is the
+    image folder and its manifest."""
+    log = str(tmp_path / "npm.log")
+    fake_npm(str(tmp_path / "bin"), npm_cache, log)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.delenv("DIVA_TF_NPM_CACHE", raising=False)
+    out = tmp_path / "out"
+    manifest, _ = prepare_emoji(str(out), VENDORS, 64)
+    assert manifest["num_classes"] == 5
+    assert sorted(os.listdir(out)) == ["images", "manifest.json"]
+    calls = [line.split() for line in open(log).read().splitlines()]
+    assert [c[:2] for c in calls] == [["pack", "emoji-datasource-google"],
+                                      ["pack", "emoji-datasource-twitter"]]
+    assert all(c[2] == "--cache" and not os.path.exists(c[3]) for c in calls)
 
 
 def test_no_npm_and_no_tarball_is_a_clear_error(tmp_path, monkeypatch):

@@ -8,8 +8,10 @@ to OUT/images/<zero-padded sort_order>_<short_name>/<vendor>.png; OUT/manifest.j
 records the vendors, size, packages and the classes in sort_order. A folder already prepared with
 the same vendors and size is left as it is.
 
-Tarballs come from `npm pack`, run in the npm cache folder (--npm_cache, $DIVA_TF_NPM_CACHE, or
-OUT/npm_cache) only when no `emoji-datasource-<vendor>-<version>.tgz` is there yet. Apple and
+Tarballs come from `npm pack` (four packages, about 340 MB, of which the 64 px drawings kept are
+about 43 MB). With --npm_cache or $DIVA_TF_NPM_CACHE they are downloaded into (and reused from) that
+folder; otherwise into a temporary folder inside OUT that is deleted once the images are written,
+so one copy of the data stays on disk: npm's own cache goes to a throwaway folder too. Apple and
 Facebook drawings are not licensed for redistribution: OUT is user data, never part of the repo.
 """
 
@@ -22,6 +24,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,8 +64,9 @@ def npm_pack(vendor: str, cache_dir: str) -> str:
                         f"{package_name(vendor)}-<version>.tgz into {cache_dir} (--npm_cache)")
     os.makedirs(cache_dir, exist_ok=True)
     logging.info("npm pack %s (in %s)", package_name(vendor), cache_dir)
-    proc = subprocess.run([npm, "pack", package_name(vendor)], cwd=cache_dir,
-                          capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix=".npm-", dir=cache_dir) as npm_own_cache:
+        proc = subprocess.run([npm, "pack", package_name(vendor), "--cache", npm_own_cache],
+                              cwd=cache_dir, capture_output=True, text=True)
     tarball = find_tarball(cache_dir, vendor)
     if proc.returncode != 0 or tarball is None:
         raise DataError(f"npm pack {package_name(vendor)} failed (exit {proc.returncode}): "
@@ -168,10 +172,17 @@ def prepare_emoji(out: str, vendors=VENDORS, size: int = SOURCE_SIZE,
     if manifest is not None:
         return manifest, False
     start = time.time()
-    cache = npm_cache or os.environ.get(NPM_CACHE_ENV) or os.path.join(out, "npm_cache")
-    tarballs = {v: find_tarball(cache, v) or npm_pack(v, cache) for v in vendors}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        packages = dict(zip(vendors, pool.map(lambda v: read_package(tarballs[v], v), vendors)))
+    os.makedirs(out, exist_ok=True)
+    cache = npm_cache or os.environ.get(NPM_CACHE_ENV)
+    download = None if cache else tempfile.mkdtemp(prefix=".download-", dir=out)
+    try:
+        tarballs = {v: find_tarball(cache or download, v) or npm_pack(v, cache or download)
+                    for v in vendors}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            packages = dict(zip(vendors, pool.map(lambda v: read_package(tarballs[v], v), vendors)))
+    finally:
+        if download:
+            shutil.rmtree(download, ignore_errors=True)
     selected = select_classes(packages)
     if not selected:
         raise DataError(f"no emoji has an image for every vendor of {vendors}")
@@ -180,7 +191,6 @@ def prepare_emoji(out: str, vendors=VENDORS, size: int = SOURCE_SIZE,
                 "unified": e["unified"], "name": e.get("name"), "category": e["category"],
                 "sort_order": e["sort_order"], "image": e["image"]} for e in selected]
 
-    os.makedirs(out, exist_ok=True)
     root, tmp_root = os.path.join(out, IMAGES), os.path.join(out, f"{IMAGES}.tmp")
     shutil.rmtree(tmp_root, ignore_errors=True)
     _write_images(classes, packages, size, tmp_root)
