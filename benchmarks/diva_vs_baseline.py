@@ -368,7 +368,7 @@ def gap_eval(a, out_json: str) -> None:
                  diva_features=["discriminative"], diva_rho_decorrelation=[],
                  val_classes_fraction=a.val_fraction, seed=0).validate()
     splits = data.load_splits(cfg)
-    model = build_embedding_model(cfg)
+    model = build_embedding_model(cfg, cfg.seed)
     pooled = keras.Model(model.input, model.get_layer("avgpool").output)
     embs, labels = embed_dataset(lambda x: {"gap": pooled(x, training=False)},
                                  data.eval_dataset(splits.test, cfg), verbose=False)

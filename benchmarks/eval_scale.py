@@ -63,7 +63,7 @@ def embed_images(n: int, spec: str, dim: int, batch_size: int) -> tuple[float, t
     name, size = spec.split(":")
     size = int(size)
     cfg = Config(backbone=name, backbone_weights="none", embed_dim=dim // 4, crop=size)
-    model = build_embedding_model(cfg)
+    model = build_embedding_model(cfg, cfg.seed)
     embed = tf.function(lambda x: model(x, training=False),
                         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
 

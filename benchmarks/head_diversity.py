@@ -47,7 +47,7 @@ def diversity(embs: dict, labels: np.ndarray, heads: list) -> dict:
 def embed_run(workdir: str, split: str, which: str, data_dir: str = ""):
     from diva_tf import data
     from diva_tf.evaluation import embed_dataset
-    from diva_tf.training.workdir import load_model
+    from diva_tf.config.run_folder import load_model
 
     model, cfg = load_model(workdir, which)
     cfg.data_dir = data_dir or cfg.data_dir
@@ -55,8 +55,8 @@ def embed_run(workdir: str, split: str, which: str, data_dir: str = ""):
     part = getattr(splits, split)
     if part is None:
         raise SystemExit(f"{workdir}: no {split} split (trained without --val_classes_fraction?)")
-    embs, labels = embed_dataset(lambda x: model(x, training=False), data.eval_dataset(part, cfg),
-                                 verbose=False)
+    embs, labels = embed_dataset(lambda x: model(x, training=False),
+                                 data.eval_dataset(part, cfg, cfg.eval_batch_size), verbose=False)
     return embs, labels, list(cfg.diva_features)
 
 

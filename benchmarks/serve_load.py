@@ -56,7 +56,8 @@ def export_tiny_model(base_path: str) -> None:
     from diva_tf.model.network import build_embedding_model
 
     cfg = Config(backbone="tiny", backbone_weights="none", crop=32, resize=36, dataset="folder")
-    export.export_model(build_embedding_model(cfg), cfg, base_path, version=1)
+    export.export_model(build_embedding_model(cfg, cfg.seed), cfg, base_path, version=1,
+                        dataset=cfg.dataset, backbone=cfg.backbone)
 
 
 def start_stand_in(base_path: str, log) -> tuple[subprocess.Popen, str]:

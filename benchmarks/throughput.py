@@ -105,11 +105,36 @@ def _synthetic_batch(bs: int, size: int) -> tuple:
             np.repeat(np.arange(bs // 2), 2).astype("int32"))
 
 
+def _trainer(cfg, num_classes: int, steps: int):
+    """A compiled DiVATrainer of cfg (also on a --baseline revision from before the option
+    groups, whose trainer took the whole Config)."""
+    from diva_tf.training.trainer import DiVATrainer
+
+    if hasattr(DiVATrainer, "compile_for_training"):
+        trainer = DiVATrainer(cfg, num_classes, steps_per_epoch=steps)
+        trainer.compile_for_training()
+        return trainer
+    trainer = DiVATrainer(cfg, num_classes, batch_size=cfg.bs, steps_per_epoch=steps,
+                          epochs=cfg.n_epochs, objective=cfg, optimizer=cfg, seed=cfg.seed)
+    trainer.compile(jit_compile=cfg.jit_compile)
+    return trainer
+
+
+def _evaluator(cfg, splits):
+    """The in-run Evaluator of cfg (also on a --baseline revision from before the option groups)."""
+    try:
+        from diva_tf.evaluation.in_run import Evaluator
+    except ImportError:  # a --baseline revision from before the move into diva_tf.evaluation
+        from diva_tf.evaluator import Evaluator
+    try:
+        return Evaluator(splits, cfg.diva_features, cfg, cfg, cfg.dataset)
+    except AttributeError:  # Evaluator(cfg, splits)
+        return Evaluator(cfg, splits)
+
+
 def _fit_seconds(cfg, num_classes: int, steps: int, repeats: int, dataset) -> float:
     """Median seconds per step of `fit` epochs of `steps` steps, after one warm-up epoch."""
     import keras
-
-    from diva_tf.training.trainer import DiVATrainer
 
     seconds = []
 
@@ -121,8 +146,7 @@ def _fit_seconds(cfg, num_classes: int, steps: int, repeats: int, dataset) -> fl
             seconds.append(time.perf_counter() - self.t0)
 
     keras.utils.set_random_seed(0)
-    trainer = DiVATrainer(cfg, num_classes, steps_per_epoch=steps)
-    trainer.compile_for_training()
+    trainer = _trainer(cfg, num_classes, steps)
     trainer.fit(dataset, epochs=1 + repeats, steps_per_epoch=steps, verbose=0, callbacks=[EpochTimer()])
     return statistics.median(seconds[1:]) / steps
 
@@ -135,11 +159,6 @@ def bench_row(name, size, rep, jit, precision, opts) -> dict:
 
     import diva_tf
     from diva_tf import data
-    try:
-        from diva_tf.evaluation.in_run import Evaluator
-    except ImportError:  # a --baseline revision from before the move into diva_tf.evaluation
-        from diva_tf.evaluator import Evaluator
-    from diva_tf.training.trainer import DiVATrainer
 
     bs = opts.bs
     timing = dict(warmup=2, min_iters=opts.iters, min_seconds=opts.seconds, repeats=opts.repeats)
@@ -157,8 +176,7 @@ def bench_row(name, size, rep, jit, precision, opts) -> dict:
     for key, c in variants.items():
         with strategy.scope():
             keras.utils.set_random_seed(0)
-            t = DiVATrainer(c, bs // 2, steps_per_epoch=10 ** 6)
-            t.compile_for_training()
+            t = _trainer(c, bs // 2, 10 ** 6)
         it = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat()))
         t.make_train_function()
         train_fn = t.train_function
@@ -176,7 +194,7 @@ def bench_row(name, size, rep, jit, precision, opts) -> dict:
                                   data.train_dataset(splits.train, cfg, steps_per_epoch=steps)) / bs
         row["fit_mem"] = _fit_seconds(cfg, bs // 2, steps, opts.repeats,
                                       tf.data.Dataset.from_tensors(batch).repeat()) / bs
-        evaluator = Evaluator(cfg, splits)
+        evaluator = _evaluator(cfg, splits)
         row["eval"] = _timeit(lambda: evaluator(embedder), warmup=1, min_iters=1, min_seconds=0.0,
                               repeats=opts.repeats)
     return row
@@ -189,7 +207,6 @@ def bench_fused_bn(name, size, precision, opts) -> dict:
     import tensorflow as tf
 
     from diva_tf.model.backbones.batchnorm import FusedInferenceBatchNormalization
-    from diva_tf.training.trainer import DiVATrainer
 
     bs = opts.bs
     cfg = _config(name, size, bs, precision)
@@ -197,8 +214,7 @@ def bench_fused_bn(name, size, precision, opts) -> dict:
     steps = {}
     for variant in ("keras", "fused"):
         keras.utils.set_random_seed(0)
-        t = DiVATrainer(cfg, bs // 2, steps_per_epoch=10 ** 6)
-        t.compile_for_training()
+        t = _trainer(cfg, bs // 2, 10 ** 6)
         if variant == "keras":
             for model in (t.embedder, t.key_encoder):
                 for layer in model._flatten_layers(include_self=False, recursive=True):

@@ -1,3 +1,67 @@
-"""diva_tf: DiVA (Milbich, Roth et al., ECCV 2020) deep metric learning in TensorFlow/Keras 3."""
+"""diva_tf: DiVA (Milbich, Roth et al., ECCV 2020) deep metric learning in TensorFlow/Keras 3.
 
-__version__ = "0.1.0"
+The Python API (docs/python_api.md); every name is imported on first use, so `import diva_tf`
+does not load TensorFlow:
+
+- options: `DataOptions`, `PipelineOptions`, `ModelOptions`, `ObjectiveOptions`,
+  `OptimizerOptions`, `EvaluationOptions`, `RunOptions` (and `Config`, their union, what the
+  command line builds); each has `validate()`.
+- data: `load_splits`, `split_from_folder`, `split_from_arrays`; `train_dataset` (DiVA's
+  class-balanced two-view batches of a split) and `eval_dataset`.
+- model: `build_embedding_model`.
+- training: `DiVATrainer` (a keras.Model: `compile`, `fill_queue`, `fit` on your batches),
+  `train_model` (a whole run in a run folder, as `python -m diva_tf.train`), `load_model`.
+- evaluation: `evaluate_model` (Recall@k, NMI, F1, mAP@C, MAP@R, R-precision on a split).
+- serving: `export_model`, `load_export` (TF Serving SavedModel), `build_index`, `open_index`,
+  `search_images` (faiss retrieval index over an export).
+- errors: `DivaError` (base of `ConfigError`), `DataError`.
+"""
+
+import importlib
+
+from diva_tf.core.version import __version__
+
+_API = {
+    "Config": "diva_tf.config",
+    "DataOptions": "diva_tf.data.options",
+    "PipelineOptions": "diva_tf.data.options",
+    "ModelOptions": "diva_tf.model.options",
+    "ObjectiveOptions": "diva_tf.objectives.options",
+    "OptimizerOptions": "diva_tf.training.options",
+    "EvaluationOptions": "diva_tf.evaluation.options",
+    "RunOptions": "diva_tf.training.options",
+    "Split": "diva_tf.data.splits",
+    "Splits": "diva_tf.data.splits",
+    "load_splits": "diva_tf.data.datasets",
+    "split_from_folder": "diva_tf.data.folder",
+    "split_from_arrays": "diva_tf.data.splits",
+    "train_dataset": "diva_tf.data.pipeline",
+    "eval_dataset": "diva_tf.data.pipeline",
+    "build_embedding_model": "diva_tf.model.network",
+    "DiVATrainer": "diva_tf.training.trainer",
+    "train_model": "diva_tf.config.run_folder",
+    "load_model": "diva_tf.config.run_folder",
+    "evaluate_model": "diva_tf.evaluation.model_eval",
+    "export_model": "diva_tf.serving.export",
+    "load_export": "diva_tf.serving.export",
+    "build_index": "diva_tf.serving.index",
+    "open_index": "diva_tf.serving.index",
+    "search_images": "diva_tf.serving.index",
+    "DivaError": "diva_tf.core.errors",
+    "ConfigError": "diva_tf.core.errors",
+    "DataError": "diva_tf.data.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name):
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

@@ -9,7 +9,7 @@ combination, with Recall@k, NMI, F1, mAP@C, MAP@R and R-precision.
     python -m diva_tf.evaluate --saved_model export/models/diva --dataset folder --data_dir DIR \
         --classes all
 
-The model is either a training run's weights (`diva_tf.training.workdir.load_model`) or an exported
+The model is either a training run's weights (`diva_tf.config.run_folder.load_model`) or an exported
 SavedModel (its `serve_images` signature; a model base path resolves to its highest version).
 Both are evaluated by the same code: the per-head outputs are embedded, and combinations are
 formed here with `combine_heads` (the SavedModel's own "embedding" output is not used), so the same
@@ -25,6 +25,11 @@ split as the training flag does (quick runs), so it also lowers that class count
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # first, before TensorFlow is imported
+    from diva_tf.core.quiet import quiet_third_party
+
+    quiet_third_party()
 
 import dataclasses
 import os
@@ -55,7 +60,7 @@ def workdir_target(workdir: str, checkpoint: str = "best") -> Target:
     """A training run's weights; its config describes the data and default combinations."""
     import tensorflow as tf
 
-    from diva_tf.training.workdir import load_model
+    from diva_tf.config.run_folder import load_model
 
     model, cfg = load_model(workdir, checkpoint)
     weights = tuple(cfg.head_weights)
@@ -125,7 +130,8 @@ def run(target: Target, combinations=None, recall_k=None, n_clusters: int | None
     splits = data.load_splits(cfg.replace(val_classes_fraction=0.0))
     split = splits.test if classes == "test" else concat_splits(splits.train, splits.test)
     n_clusters = int(n_clusters or (splits.train if classes == "test" else split).num_classes)
-    embs, labels = embed_dataset(target.embed_fn, data.eval_dataset(split, cfg), verbose)
+    batches = data.eval_dataset(split, cfg, cfg.eval_batch_size)
+    embs, labels = embed_dataset(target.embed_fn, batches, verbose)
     results = evaluate_embeddings(embs, labels, heads, combinations, recall_k, n_clusters,
                                   cfg.dataset, seed)
     print(format_table(results))
@@ -148,6 +154,12 @@ def run(target: Target, combinations=None, recall_k=None, n_clusters: int | None
 
 # ---- CLI ------------------------------------------------------------------------------------
 CLASSES = ("test", "all")
+USAGE = """Score a trained model on the test classes of its dataset, or on every class of a folder
+(--classes=all): Recall@k, NMI, F1, mAP for every head and head combination.
+
+usage: python -m diva_tf.evaluate --workdir=runs/<name> [--checkpoint=best|last]
+       python -m diva_tf.evaluate --saved_model=export/models/diva --dataset=folder --data_dir=DIR
+           [--classes=all]"""
 
 
 def define_flags() -> None:
@@ -231,5 +243,8 @@ def main(argv) -> int:
 if __name__ == "__main__":
     from absl import app
 
+    from diva_tf.config.flags import use_short_help
+
     define_flags()
+    use_short_help(USAGE)
     app.run(main)

@@ -4,9 +4,15 @@ as a TF Serving SavedModel version (`diva_tf.serving.export` says what is writte
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before TensorFlow is imported
+    from diva_tf.core.quiet import quiet_third_party
+
+    quiet_third_party()
+
 import sys
 
-from diva_tf.serving.export import ExportError, export_workdir, read_manifest
+from diva_tf.config.run_folder import export_workdir
+from diva_tf.serving.export import ExportError, read_manifest
 
 
 def _define_flags() -> None:
@@ -26,7 +32,7 @@ def main(argv) -> int:
     from absl import app, flags, logging
 
     from diva_tf.config import ConfigError, parse_weights
-    from diva_tf.training.workdir import load_config
+    from diva_tf.config.run_folder import load_config
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -50,5 +56,8 @@ def main(argv) -> int:
 if __name__ == "__main__":
     from absl import app
 
+    from diva_tf.config.flags import use_short_help
+
     _define_flags()
+    use_short_help(__doc__)
     app.run(main)

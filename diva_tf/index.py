@@ -5,6 +5,11 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before TensorFlow is imported
+    from diva_tf.core.quiet import quiet_third_party
+
+    quiet_third_party()
+
 import sys
 
 from diva_tf.serving.index import (IndexDataError, IndexMismatchError, build_index, format_hits,
@@ -68,5 +73,8 @@ def main(argv) -> int:
 if __name__ == "__main__":
     from absl import app
 
+    from diva_tf.config.flags import use_short_help
+
     _define_flags()
+    use_short_help(__doc__)
     app.run(main)

@@ -4,6 +4,11 @@ the LOCAL STAND-IN for TensorFlow Serving's REST API (tests and demos only; see
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before TensorFlow is imported
+    from diva_tf.core.quiet import quiet_third_party
+
+    quiet_third_party()
+
 import math
 import sys
 import threading
@@ -93,5 +98,8 @@ def run(f) -> int:
 if __name__ == "__main__":
     from absl import app
 
+    from diva_tf.config.flags import use_short_help
+
     _define_flags()
+    use_short_help(__doc__)
     app.run(main)

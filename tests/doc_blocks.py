@@ -39,9 +39,10 @@ class Block:
 
 
 def parse_options(text: str) -> dict:
-    """'slow; expect R@1' -> {"slow": True, "expect": "R@1"}; unknown options raise."""
+    """'slow; expect R@1' -> {"slow": True, "expect": "R@1"}; a `;` inside parentheses belongs to
+    its option (a skip reason); unknown options raise."""
     options = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
+    for part in filter(None, (p.strip() for p in re.split(r";(?![^()]*\))", text))):
         name, _, value = part.partition(" ")
         if name not in KNOWN:
             raise ValueError(f"unknown doctest option {name!r} (known: {', '.join(KNOWN)})")

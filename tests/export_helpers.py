@@ -40,7 +40,7 @@ def make_workdir(path: str, seed: int = 1, metrics: list | None = None):
 
     os.makedirs(path, exist_ok=True)
     cfg = tiny_config(seed=seed)
-    model = build_embedding_model(cfg)
+    model = build_embedding_model(cfg, cfg.seed)
     cfg.save(os.path.join(path, "config.json"))
     model.save_weights(os.path.join(path, "best.weights.h5"))
     if metrics:

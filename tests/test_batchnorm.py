@@ -107,7 +107,7 @@ def test_keras_file_round_trip(tmp_path):
     from diva_tf.config import Config
     from diva_tf.model.network import build_embedding_model
 
-    model = build_embedding_model(Config(backbone="tiny", backbone_weights="none", embed_dim=8))
+    model = build_embedding_model(Config(backbone="tiny", backbone_weights="none", embed_dim=8), seed=1)
     x = np.random.RandomState(8).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")

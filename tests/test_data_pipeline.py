@@ -11,8 +11,7 @@ import pytest
 import tensorflow as tf
 
 from diva_tf.config import Config
-from diva_tf.data import (DataError, Sampler, Split, eval_dataset, load_splits, source,
-                          train_dataset)
+from diva_tf.data import DataError, Split, eval_dataset, load_splits, source, train_dataset
 from diva_tf.data.augment import test_view as reference_test_view
 from fixtures_data import isolated_cache, make_class_tree, write_image  # noqa: F401
 
@@ -50,10 +49,10 @@ def take(ds, n):
 
 def test_batches_follow_the_sampler_with_fixed_shapes(data_dir, train_split):
     cfg = make_cfg(data_dir)
-    sampler = Sampler.from_config(cfg)
+    sampler = cfg.sampler(cfg.seed, cfg.steps_per_epoch)
     spe = sampler.steps(len(train_split.labels))
     assert spe == len(train_split) // BS == 2
-    batches = take(train_dataset(train_split, cfg), 2 * spe)
+    batches = take(train_dataset(train_split, cfg, cfg.seed), 2 * spe)
     expected = np.concatenate([sampler.epoch_indices(train_split.labels, e) for e in (0, 1)])
     for (v1, v2, labels), idx in zip(batches, expected):
         assert v1.shape == v2.shape == (BS, 16, 16, 3)
@@ -65,23 +64,23 @@ def test_batches_follow_the_sampler_with_fixed_shapes(data_dir, train_split):
 
 def test_resumed_run_sees_the_same_batches(data_dir, train_split):
     cfg = make_cfg(data_dir)
-    full = take(train_dataset(train_split, cfg, steps_per_epoch=3), 9)
-    resumed = take(train_dataset(train_split, cfg, start_epoch=2, steps_per_epoch=3), 3)
+    full = take(train_dataset(train_split, cfg, cfg.seed, steps_per_epoch=3), 9)
+    resumed = take(train_dataset(train_split, cfg, cfg.seed, start_epoch=2, steps_per_epoch=3), 3)
     for a, b in zip(full[6:], resumed):
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
-    again = take(train_dataset(train_split, cfg, steps_per_epoch=3), 3)
+    again = take(train_dataset(train_split, cfg, cfg.seed, steps_per_epoch=3), 3)
     np.testing.assert_array_equal(again[0][0], full[0][0])
     assert not np.array_equal(full[0][0], full[3][0]), "epochs differ"
-    other_seed = take(train_dataset(train_split, cfg.replace(seed=2), steps_per_epoch=3), 1)
+    other_seed = take(train_dataset(train_split, cfg, seed=2, steps_per_epoch=3), 1)
     assert not np.array_equal(other_seed[0][0], full[0][0])
 
 
 @pytest.mark.parametrize("flag,changed_view", [("realistic_augmentation", 1),
                                                 ("realistic_main_augmentation", 0)])
 def test_realistic_flags_recolour_only_their_view(data_dir, train_split, flag, changed_view):
-    weak = take(train_dataset(train_split, make_cfg(data_dir)), 1)[0]
-    recoloured = take(train_dataset(train_split, make_cfg(data_dir, **{flag: True})), 1)[0]
+    weak = take(train_dataset(train_split, make_cfg(data_dir), 1), 1)[0]
+    recoloured = take(train_dataset(train_split, make_cfg(data_dir, **{flag: True}), 1), 1)[0]
     np.testing.assert_array_equal(recoloured[1 - changed_view], weak[1 - changed_view])
     np.testing.assert_array_equal(recoloured[2], weak[2])
     assert not np.allclose(recoloured[changed_view], weak[changed_view])
@@ -93,8 +92,8 @@ def test_pixels_do_not_depend_on_the_cache_mode(data_dir, train_split, monkeypat
     for mode in ("decoded", "encoded", "files"):
         monkeypatch.setattr(source, "choose_mode", lambda *a, m=mode: m)
         split = fresh(train_split)
-        results[mode] = take(train_dataset(split, cfg), 1)[0]
-        assert source.image_source(split, cfg).mode == mode
+        results[mode] = take(train_dataset(split, cfg, cfg.seed), 1)[0]
+        assert source.image_source(split, cfg.cache_images).mode == mode
     for mode in ("encoded", "files"):
         for x, y in zip(results["decoded"], results[mode]):
             np.testing.assert_array_equal(x, y)
@@ -149,9 +148,9 @@ def test_global_batches_split_across_two_replicas(data_dir, train_split):
         pytest.skip("needs the two logical CPU devices of tests/conftest.py")
     strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
     cfg = make_cfg(data_dir)
-    dist = strategy.experimental_distribute_dataset(train_dataset(train_split, cfg))
+    dist = strategy.experimental_distribute_dataset(train_dataset(train_split, cfg, cfg.seed))
     v1, _, labels = next(iter(dist))
     parts = strategy.experimental_local_results(labels)
     assert [p.shape[0] for p in parts] == [BS // 2, BS // 2]
-    single = take(train_dataset(train_split, cfg), 1)[0]
+    single = take(train_dataset(train_split, cfg, cfg.seed), 1)[0]
     np.testing.assert_array_equal(np.concatenate([p.numpy() for p in parts]), single[2])

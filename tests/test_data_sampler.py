@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from diva_tf.config import Config
-from diva_tf.data import DataError, Sampler, Split
+from diva_tf.data import DataError, Split
 
 SIZES = np.arange(1, 21)  # class c has c + 1 images: very unequal classes
 LABELS = np.repeat(np.arange(len(SIZES)), SIZES).astype(np.int32)
@@ -24,15 +24,15 @@ def cfg(**kw):
 
 
 def sample_epoch_indices(labels, c, epoch, steps=None):
-    return Sampler.from_config(c).epoch_indices(labels, epoch, steps)
+    return c.sampler(c.seed, c.steps_per_epoch).epoch_indices(labels, epoch, steps)
 
 
 def steps_per_epoch(split, c):
-    return Sampler.from_config(c).steps(len(split.labels))
+    return c.sampler(c.seed, c.steps_per_epoch).steps(len(split.labels))
 
 
 def check_sampler(labels, c):
-    Sampler.from_config(c).check(labels)
+    c.sampler(c.seed, c.steps_per_epoch).check(labels)
 
 
 def chi2_upper(df: int, z: float = 4.0) -> float:

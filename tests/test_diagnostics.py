@@ -41,7 +41,7 @@ def test_dance_statistics_match_numpy(tau, fixed):
 
 def _objective(**kw):
     cfg = Config(embed_dim=8, diva_decorrnet_dim=16, **kw).validate()
-    obj = DiVAObjective.from_config(cfg, num_classes=4)
+    obj = DiVAObjective(cfg.dims, 4, cfg, cfg.seed)
     obj.build()
     return obj
 

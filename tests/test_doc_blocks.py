@@ -46,3 +46,4 @@ def test_bad_annotations_and_fences():
     with pytest.raises(ValueError, match="doc.md:1: unclosed code fence"):
         blocks("doc.md", "```bash\necho\n")
     assert parse_options("skip (needs Docker)") == {"skip": "(needs Docker)"}
+    assert parse_options("skip (a; b); slow") == {"skip": "(a; b)", "slow": True}

@@ -249,7 +249,7 @@ def test_plugs_into_the_embedding_model(state_dict):
     from diva_tf.model.network import build_embedding_model
 
     cfg = Config(backbone="efficientnet_lite0", backbone_weights="imagenet", embed_dim=16)
-    model = build_embedding_model(cfg)
+    model = build_embedding_model(cfg, cfg.seed)
     x = np.random.RandomState(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     out = model(x, training=False)
     assert len(out) == 4

@@ -164,8 +164,9 @@ def test_workdir_and_saved_model_give_identical_results(run_and_data, tmp_path):
     assert Image.open(tmp_path / "retrievals.png").size == (5 * 104 + 4, 3 * (104 + 2 * CAPTION_LINE))
 
     base = str(tmp_path / "models" / "diva")
-    export.export_model(model, cfg, base, head_weights=(0.5, 1.0, 1.0, 1.0))
-    export.export_model(model, cfg, base, head_weights=(1.0, 1.0, 1.0, 1.0))  # version 2
+    export.export_model(model, cfg, base, head_weights=(0.5, 1.0, 1.0, 1.0), dataset=cfg.dataset)
+    export.export_model(model, cfg, base, head_weights=(1.0, 1.0, 1.0, 1.0),  # version 2
+                        dataset=cfg.dataset)
     target = evaluate.target_from_flags(flags(saved_model=base, data_dir=data_dir))
     assert target.source["version"] == 2 and target.combinations == [(1.0, 1.0, 1.0, 1.0)]
     assert (target.cfg.crop, target.cfg.resize, target.cfg.dataset) == (32, 36, "folder")

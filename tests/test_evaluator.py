@@ -23,8 +23,8 @@ def setup(tmp_path_factory):
 
 def test_embedding_function_is_traced_once_per_run(setup):
     cfg, splits = setup
-    evaluator = Evaluator(cfg, splits)
-    model = build_embedding_model(cfg)
+    evaluator = Evaluator(splits, cfg.diva_features, cfg, cfg, cfg.dataset)
+    model = build_embedding_model(cfg, cfg.seed)
     first = evaluator(model)
     # every epoch, on test and validation splits whose last batches differ in size
     assert {len(splits.test) % 5, len(splits.val) % 5} != {0}
@@ -50,7 +50,8 @@ def test_scores_match_a_numpy_recomputation(setup):
         return {h: tf.math.l2_normalize(flat @ proj[h], -1) for h in heads}
 
     weights = (0.5, 1.0, 2.0, 1.0)
-    evaluator = Evaluator(cfg.replace(eval_combinations=["0.5,1,2,1"]), splits)
+    options = cfg.replace(eval_combinations=["0.5,1,2,1"])
+    evaluator = Evaluator(splits, cfg.diva_features, cfg, options, cfg.dataset)
     scores = evaluator(embedder)
     primary = "combined[0.5,1,2,1]"
     assert evaluator.primary == primary and evaluator.selection_key == f"val/{primary}/recall@1"
@@ -68,7 +69,8 @@ def test_scores_match_a_numpy_recomputation(setup):
 
 def test_val_improved_embeds_the_test_split_only_when_selection_could_pick_the_epoch(setup, monkeypatch):
     cfg, splits = setup
-    evaluator = Evaluator(cfg.replace(eval_test="val_improved"), splits)
+    evaluator = Evaluator(splits, cfg.diva_features, cfg, cfg.replace(eval_test="val_improved"),
+                          cfg.dataset)
     val_r1 = iter([0.5, 0.4, 0.6, 0.6, 0.3])  # hand-worked: improves at calls 1 and 3 only
     calls = []
 
@@ -77,11 +79,11 @@ def test_val_improved_embeds_the_test_split_only_when_selection_could_pick_the_e
         return {f"{name}/combined[1,1,1,1]/recall@1": next(val_r1) if name == "val" else 0.0}
 
     monkeypatch.setattr(evaluator, "_score", fake_score)
-    model = build_embedding_model(cfg)
+    model = build_embedding_model(cfg, cfg.seed)
     got = [sorted({k.split("/")[0] for k in evaluator(model, force_test=i == 4)}) for i in range(5)]
     assert got == [["test", "val"], ["val"], ["test", "val"], ["val"], ["test", "val"]]
     assert calls.count("test") == 3
-    always = Evaluator(cfg, splits)
+    always = Evaluator(splits, cfg.diva_features, cfg, cfg, cfg.dataset)
     assert always.test_always and not evaluator.test_always
 
 
@@ -92,7 +94,8 @@ def test_validation_k_means_uses_the_validation_class_count(setup):
     NMI = F1 = 1. The test split keeps the training-class count (3 train + 1 val classes)."""
     cfg, splits = setup
     assert (splits.val.num_classes, len(splits.val.labels)) == (1, 4)
-    scores = Evaluator(cfg, splits)(build_embedding_model(cfg))
+    evaluator = Evaluator(splits, cfg.diva_features, cfg, cfg, cfg.dataset)
+    scores = evaluator(build_embedding_model(cfg, cfg.seed))
     assert scores["val/discriminative/n_clusters"] == 1
     assert scores["val/discriminative/nmi"] == 1.0 and scores["val/discriminative/f1"] == 1.0
     assert scores["test/discriminative/n_clusters"] == 4

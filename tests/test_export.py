@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from diva_tf.config.run_folder import export_workdir
 from diva_tf.serving import export
 import export_helpers as helpers
 from export_helpers import (METRICS, PROBE, PYTHON, check, make_workdir, run, sample_images,
@@ -31,7 +32,7 @@ def trained(tmp_path_factory):
 def exported(trained, tmp_path_factory):
     workdir, _, _ = trained
     base = str(tmp_path_factory.mktemp("models") / "diva")
-    return export.export_workdir(workdir, base, head_weights=WEIGHTS)
+    return export_workdir(workdir, base, head_weights=WEIGHTS)
 
 
 def reference(model, cfg, encoded, weights=WEIGHTS):
@@ -173,6 +174,7 @@ def test_run_metrics(trained, tmp_path):
 # ---- leftovers of killed exports (issue 25) ---------------------------------------------------
 KILLED_EXPORT = textwrap.dedent("""
     import os, signal, sys
+    from diva_tf.config.run_folder import export_workdir
     from diva_tf.serving import export
     workdir, base, version, point = sys.argv[1:5]
 
@@ -200,7 +202,7 @@ KILLED_EXPORT = textwrap.dedent("""
             real_rename(src, dst)
 
         os.rename = rename
-    export.export_workdir(workdir, base, version=int(version), overwrite=True)
+    export_workdir(workdir, base, version=int(version), overwrite=True)
 """)
 
 
@@ -256,7 +258,7 @@ def test_run_source_paths(tmp_path, monkeypatch):
     cfg = helpers.tiny_config(data_dir=str(tmp_path / "data" / "birds"), workdir="runs/a")
     cfg = cfg.replace(backbone_weights="/elsewhere/r50.h5")
     monkeypatch.chdir(tmp_path)
-    source = export.run_source(str(tmp_path / "runs" / "a"), cfg, "last")
+    source = export.run_source(str(tmp_path / "runs" / "a"), cfg.to_dict(), "last")
     assert (source["run"], source["workdir"], source["checkpoint"]) == ("a", "runs/a", "last")
     config = source["config"]
     assert (config["data_dir"], config["backbone_weights"], config["workdir"]) == (

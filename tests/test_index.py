@@ -24,7 +24,7 @@ def exported(tmp_path_factory):
 
     base = str(tmp_path_factory.mktemp("models") / "diva")
     cfg = tiny_config()
-    return export.export_model(build_embedding_model(cfg), cfg, base)
+    return export.export_model(build_embedding_model(cfg, cfg.seed), cfg, base)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_refuses_another_savedmodel(built, exported):
     from diva_tf.model.network import build_embedding_model
 
     cfg = tiny_config(seed=7)
-    other = export.export_model(build_embedding_model(cfg), cfg, os.path.dirname(exported))
+    other = export.export_model(build_embedding_model(cfg, cfg.seed), cfg, os.path.dirname(exported))
     with pytest.raises(idx.IndexMismatchError, match="built with another SavedModel"):
         idx.search_images(built.index_dir, other, [built.items[0]["path"]])
     with pytest.raises(idx.IndexMismatchError, match="model_version: index 1 vs given 2"):

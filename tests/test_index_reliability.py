@@ -28,7 +28,7 @@ def export_seed(base: str, seed: int) -> str:
     from diva_tf.model.network import build_embedding_model
 
     cfg = tiny_config(seed=seed)
-    return export.export_model(build_embedding_model(cfg), cfg, base, version=1)
+    return export.export_model(build_embedding_model(cfg, cfg.seed), cfg, base, version=1)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ def _inputs(heads, b=8, d=8, m=16, seed=0):
 
 def _objective(**kw):
     cfg = Config(embed_dim=8, diva_decorrnet_dim=16, **kw).validate()
-    obj = DiVAObjective.from_config(cfg, num_classes=4)
+    obj = DiVAObjective(cfg.dims, 4, cfg, cfg.seed)
     obj.build()
     return obj, cfg
 

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from diva_tf.config import Config
-from diva_tf.training.optimizers import ADAM_EPSILON, OPTIMIZERS, add_coupled_l2, optimizers_from_config
+from diva_tf.training.optimizers import ADAM_EPSILON, OPTIMIZERS, add_coupled_l2, optimizers_of
 from diva_tf.training.schedules import EpochCosineDecay, EpochStepDecay
 
 
@@ -24,7 +24,7 @@ def _torch_adam_l2(w, grads, lr, decay, eps=1e-8, b1=0.9, b2=0.999):
 
 def test_network_group_is_adam_with_coupled_l2():
     cfg = Config(lr=1e-2, decay=0.1)
-    opt = optimizers_from_config(cfg, steps_per_epoch=10)["network"]
+    opt = optimizers_of(cfg, steps_per_epoch=10, epochs=cfg.n_epochs)["network"]
     assert opt.epsilon == ADAM_EPSILON
     rng = np.random.RandomState(0)
     w0 = rng.randn(5)
@@ -39,7 +39,7 @@ def test_network_group_is_adam_with_coupled_l2():
 
 def test_step_decay_is_per_epoch_for_every_group():
     cfg = Config(lr=1.0, loss_margin_beta_lr=0.5, diva_decorrnet_lr=0.25, tau=[2, 4], gamma=0.1)
-    opts = optimizers_from_config(cfg, steps_per_epoch=3)
+    opts = optimizers_of(cfg, steps_per_epoch=3, epochs=cfg.n_epochs)
     for name, base in [("network", 1.0), ("beta", 0.5), ("regressor", 0.25)]:
         sched = opts[name]._learning_rate
         got = [float(sched(s)) for s in range(0, 18)]
@@ -57,7 +57,7 @@ def test_cosine_schedule_closed_form():
 
 
 def test_adamw_option_is_decoupled():
-    opts = optimizers_from_config(Config(optimizer="adamw", decay=0.01), 1)
+    opts = optimizers_of(Config(optimizer="adamw", decay=0.01), 1, 1)
     assert isinstance(opts["network"], keras.optimizers.AdamW) and opts["network"].weight_decay == 0.01
     assert not OPTIMIZERS["adamw"].coupled_decay and OPTIMIZERS["adam"].coupled_decay
     assert all(type(opts[g]) is keras.optimizers.Adam for g in ("beta", "regressor", "proxy"))
@@ -74,7 +74,7 @@ def test_adam_torch_matches_torch_rule_where_keras_adam_does_not():
     expect = _torch_adam_l2(w0, grads, 1e-2, 0.1)
     got = {}
     for name in ("adam_torch", "adam"):
-        opt = optimizers_from_config(cfg.replace(optimizer=name), steps_per_epoch=10)["network"]
+        opt = optimizers_of(cfg.replace(optimizer=name), 10, cfg.n_epochs)["network"]
         var = tf.Variable(w0, dtype=tf.float64)
         for g in grads:
             opt.apply(add_coupled_l2([tf.constant(g)], [var], cfg.decay), [var])
@@ -85,7 +85,7 @@ def test_adam_torch_matches_torch_rule_where_keras_adam_does_not():
 
 
 def test_adam_torch_also_for_the_groups_without_decay():
-    opts = optimizers_from_config(Config(optimizer="adam_torch"), 1)
+    opts = optimizers_of(Config(optimizer="adam_torch"), 1, 1)
     torch_adam = type(opts["network"])
     assert torch_adam is not keras.optimizers.Adam and OPTIMIZERS["adam_torch"].coupled_decay
     assert all(type(opts[g]) is torch_adam for g in ("beta", "regressor", "proxy"))

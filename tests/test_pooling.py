@@ -28,7 +28,7 @@ def test_each_head_reads_its_own_pooling():
     cfg = Config(backbone="tiny", backbone_weights="none", embed_dim=8,
                  diva_features=["discriminative", "shared"], diva_rho_decorrelation=[],
                  head_pooling=["avg", "max"]).validate()
-    model = build_embedding_model(cfg)
+    model = build_embedding_model(cfg, cfg.seed)
     names = {layer.name for layer in model.layers}
     assert {"avgpool", "maxpool"} <= names and "gempool" not in names
     images = np.random.RandomState(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")

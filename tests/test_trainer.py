@@ -23,8 +23,9 @@ def _batch(seed=0, bs=8):
 def _trainer(strategy, cfg=CFG, num_classes=4):
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        t = DiVATrainer(cfg, num_classes, steps_per_epoch=5)
-        t.compile_for_training()
+        t = DiVATrainer(cfg, num_classes, batch_size=cfg.bs, steps_per_epoch=5,
+                        epochs=cfg.n_epochs, objective=cfg, optimizer=cfg, seed=cfg.seed)
+        t.compile(jit_compile=cfg.jit_compile)
         if t.use_keys:
             t.queue.assign(tf.math.l2_normalize(tf.random.stateless_normal(t.queue.shape, [1, 2]), -1))
     return t
@@ -92,7 +93,7 @@ def test_unequal_head_dims_train_with_queue_and_regressors_sized_per_head():
 def test_betas_and_regressors_train_without_weight_decay():
     cfg = CFG.replace(decay=10.0)
     t = _trainer(tf.distribute.get_strategy())
-    t.cfg = cfg
+    t.optimizer_options = cfg
     grads, *_ = t.compute_gradients(*_batch(2))
     t_plain = _trainer(tf.distribute.get_strategy())
     plain, *_ = t_plain.compute_gradients(*_batch(2))

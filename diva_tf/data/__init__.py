@@ -1,5 +1,6 @@
 """Data: class-disjoint splits of the supported datasets (spec 3.1), the class-balanced samplers
-(spec 3.2), augmentation (spec 3.3) and the tf.data pipelines the trainer and evaluator use.
+(spec 3.2), augmentation (spec 3.3) and the tf.data pipelines the trainer and evaluator use; their
+option groups (`options.py`: `DataOptions`, `PipelineOptions`).
 
 The pipelines are imported on first use, so `python -m diva_tf.data.prepare` and split loading
 do not pay for importing TensorFlow.
@@ -7,11 +8,14 @@ do not pay for importing TensorFlow.
 
 from diva_tf.data.datasets import DATASETS, load_splits
 from diva_tf.data.errors import DataError
+from diva_tf.data.folder import split_from_folder
+from diva_tf.data.options import DataOptions, PipelineOptions
 from diva_tf.data.sampler import SAMPLERS, Sampler
-from diva_tf.data.splits import Split, Splits
+from diva_tf.data.splits import Split, Splits, split_from_arrays
 
-__all__ = ["DATASETS", "SAMPLERS", "DataError", "Sampler", "Split", "Splits", "eval_dataset",
-           "load_splits", "train_dataset"]
+__all__ = ["DATASETS", "SAMPLERS", "DataError", "DataOptions", "PipelineOptions", "Sampler",
+           "Split", "Splits", "eval_dataset", "load_splits", "split_from_arrays",
+           "split_from_folder", "train_dataset"]
 
 
 def __getattr__(name):

@@ -13,8 +13,8 @@ from diva_tf.data.splits import half_split
 EXPECTED_CLASSES = 196
 
 
-def load(cfg):
-    root = require_dir(cfg.data_dir, "CARS196 folder (one sub-folder per class, or images/)")
+def load(options):
+    root = require_dir(options.data_dir, "CARS196 folder (one sub-folder per class, or images/)")
     if os.path.isdir(os.path.join(root, "images")):
         root = os.path.join(root, "images")
     names = list_class_dirs(root)

@@ -27,8 +27,8 @@ def images_root(data_dir: str) -> str:
                     "(expected the official CUB_200_2011 layout images/NNN.Name/*.jpg)")
 
 
-def load(cfg):
-    root = images_root(cfg.data_dir)
+def load(options):
+    root = images_root(options.data_dir)
     names = list_class_dirs(root)
     unnumbered = [n for n in names if not _PREFIX.match(n)]
     if unnumbered:

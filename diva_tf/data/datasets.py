@@ -1,4 +1,5 @@
-"""`load_splits(cfg)`: the dataset named by --dataset as class-disjoint train / (val) / test splits.
+"""`load_splits(options)`: the dataset of `DataOptions` (--dataset) as class-disjoint train /
+(val) / test splits.
 
 Order of operations: the dataset's split rule (spec 3.1), the optional validation carve-out from
 the end of the training classes, the --max_images debug cap, then the readability check of image
@@ -15,20 +16,21 @@ from diva_tf.data.errors import DataError
 from diva_tf.data.imagefiles import drop_unreadable
 from diva_tf.data.splits import Splits, cap_images, carve_validation, split_from_classes
 
-# --dataset name -> loader(cfg) -> (train ClassList, test ClassList): the one dataset registry.
+# --dataset name -> loader(DataOptions) -> (train ClassList, test ClassList): the one dataset
+# registry.
 DATASETS = {"cub200": cub200.load, "cars196": cars196.load, "sop": sop.load,
             "folder": folder.load, "emoji": emoji.load}
 MIN_CLASSES = {"train": 2, "val": 1, "test": 1}
 
 
-def load_classes(cfg) -> tuple[list, list]:
-    """(train ClassList, test ClassList) by the dataset's split rule."""
-    load = lookup(DATASETS, "dataset", cfg.dataset, "dataset", DataError)
-    if cfg.tfds_data_dir:
-        if cfg.dataset in tfds_source.LAYOUTS:
-            return tfds_source.load(cfg.dataset, cfg.tfds_data_dir)
-        logging.warning("--tfds_data_dir is ignored for --dataset=%s", cfg.dataset)
-    return load(cfg)
+def load_classes(options) -> tuple[list, list]:
+    """(train ClassList, test ClassList) of `DataOptions` by the dataset's split rule."""
+    load = lookup(DATASETS, "dataset", options.dataset, "dataset", DataError)
+    if options.tfds_data_dir:
+        if options.dataset in tfds_source.LAYOUTS:
+            return tfds_source.load(options.dataset, options.tfds_data_dir)
+        logging.warning("--tfds_data_dir is ignored for --dataset=%s", options.dataset)
+    return load(options)
 
 
 def check_classes(classes: list, what: str, min_classes: int) -> None:
@@ -43,16 +45,17 @@ def check_classes(classes: list, what: str, min_classes: int) -> None:
                         "them", what, len(single), ", ".join(single[:3]))
 
 
-def load_splits(cfg) -> Splits:
-    """Splits of cfg.dataset; raises DataError for anything a user must fix."""
-    train, test = load_classes(cfg)
-    train, val = carve_validation(train, cfg.val_classes_fraction)
+def load_splits(options) -> Splits:
+    """Splits of the dataset of `options` (`DataOptions`); raises DataError for anything a user
+    must fix."""
+    train, test = load_classes(options)
+    train, val = carve_validation(train, options.val_classes_fraction)
     splits = {}
     for name, classes in (("train", train), ("val", val), ("test", test)):
         if classes is None:
             continue
-        what = f"{cfg.dataset} {name}"
-        classes = drop_unreadable(cap_images(classes, cfg.max_images), what)
+        what = f"{options.dataset} {name}"
+        classes = drop_unreadable(cap_images(classes, options.max_images), what)
         check_classes(classes, what, MIN_CLASSES[name])
         splits[name] = split_from_classes(classes)
         logging.info("%s: %d images, %d classes", what, len(splits[name]),

@@ -31,11 +31,11 @@ def not_prepared(folder: str) -> DataError:
                      f"{folder or 'DIR'} first")
 
 
-def load(cfg):
-    manifest = read_manifest(cfg.data_dir) if cfg.data_dir else None
+def load(options):
+    manifest = read_manifest(options.data_dir) if options.data_dir else None
     if manifest is None:
-        raise not_prepared(cfg.data_dir)
-    root = os.path.join(cfg.data_dir, IMAGES)
+        raise not_prepared(options.data_dir)
+    root = os.path.join(options.data_dir, IMAGES)
     classes = [(c["folder"], [os.path.join(root, c["folder"], f"{v}.png")
                               for v in manifest["vendors"]])
                for c in manifest["classes"]]

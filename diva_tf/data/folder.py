@@ -1,6 +1,8 @@
 """A generic class-per-folder dataset. Split rule: the first floor(C/2) class folders in sorted
 order train, the rest test; or explicit --train_classes / --test_classes (one list given: the other
-is every remaining class, sorted; both given: exactly those, in the given order)."""
+is every remaining class, sorted; both given: exactly those, in the given order).
+`split_from_folder` takes every class folder (or the given ones) as one split, e.g. to train on a
+whole folder."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import os
 from absl import logging
 
 from diva_tf.data.errors import DataError
-from diva_tf.data.imagefiles import list_class_dirs, list_images, require_dir, require_images
-from diva_tf.data.splits import half_split
+from diva_tf.data.imagefiles import (drop_unreadable, list_class_dirs, list_images, require_dir,
+                                     require_images)
+from diva_tf.data.splits import Split, half_split, split_from_classes
 
 
 def split_names(names: list[str], train: list[str], test: list[str]) -> tuple[list, list]:
@@ -36,14 +39,26 @@ def split_names(names: list[str], train: list[str], test: list[str]) -> tuple[li
     return train, test
 
 
-def load(cfg):
-    root = require_dir(cfg.data_dir, "dataset folder with one sub-folder of images per class")
+def load(options):
+    root = require_dir(options.data_dir, "dataset folder with one sub-folder of images per class")
     names = list_class_dirs(root)
-    if len(names) < 2 and not (cfg.train_classes or cfg.test_classes):
+    if len(names) < 2 and not (options.train_classes or options.test_classes):
         raise DataError(f"{root}: found {len(names)} class folder(s); need at least 2 (one "
                         "sub-folder of images per class)")
-    train, test = split_names(names, [str(c) for c in cfg.train_classes],
-                              [str(c) for c in cfg.test_classes])
+    train, test = split_names(names, [str(c) for c in options.train_classes],
+                              [str(c) for c in options.test_classes])
     listed = {n: list_images(os.path.join(root, n)) for n in train + test}
     require_images(list(listed.items()), root)
     return [(n, listed[n]) for n in train], [(n, listed[n]) for n in test]
+
+
+def split_from_folder(root: str, classes=()) -> Split:
+    """One split of the class folders under root (all, sorted; or `classes` in that order),
+    unreadable image files skipped with a warning."""
+    root = require_dir(root, "dataset folder with one sub-folder of images per class")
+    names = list(classes) or list_class_dirs(root)
+    unknown = sorted(set(names) - set(list_class_dirs(root)))
+    if unknown:
+        raise DataError(f"{root}: no class folder(s) {unknown}")
+    listed = require_images([(n, list_images(os.path.join(root, n))) for n in names], root)
+    return split_from_classes(drop_unreadable(listed, root))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from diva_tf.data.sampler import Sampler
 from diva_tf.data.augment import test_view, train_view
 from diva_tf.data.source import image_source
 
 AUTOTUNE = tf.data.AUTOTUNE
+DEFAULT_EVAL_BATCH = 128  # --eval_batch_size's default
 
 
 def _element_seed(seed: int, epoch, position):
@@ -23,15 +23,19 @@ def _element_seed(seed: int, epoch, position):
     return tf.random.experimental.stateless_fold_in(base, position)
 
 
-def train_dataset(split, cfg, start_epoch: int = 0, steps_per_epoch: int | None = None):
-    """Infinite dataset of epochs start_epoch, start_epoch + 1, ... each of `steps_per_epoch`
-    batches (default: Sampler.steps): float32 [B, crop, crop, 3] twice, int32 [B]."""
-    sampler = Sampler.from_config(cfg)
+def train_dataset(split, pipeline, seed: int = 0, start_epoch: int = 0,
+                  steps_per_epoch: int | None = None):
+    """DiVA's class-balanced two-view batches of `split` under `PipelineOptions` (sampler, batch
+    size, crop, augmentation, cache): an infinite dataset of epochs start_epoch, start_epoch + 1,
+    ... each of `steps_per_epoch` batches (default floor(N / bs)), every element (view1 float32
+    [bs, crop, crop, 3] in 0..255, view2 alike, labels int32 [bs]). Batches depend only on
+    (seed, epoch)."""
+    sampler = pipeline.sampler(seed)
     steps = steps_per_epoch or sampler.steps(len(split.labels))
     sampler.check(split.labels)
-    n = steps * cfg.bs
+    n = steps * pipeline.bs
     labels = tf.constant(split.labels, tf.int32)
-    source = image_source(split, cfg)
+    source = image_source(split, pipeline.cache_images)
 
     def epoch_indices(epoch):
         return sampler.epoch_indices(split.labels, int(epoch), steps).reshape(-1)
@@ -44,26 +48,27 @@ def train_dataset(split, cfg, start_epoch: int = 0, steps_per_epoch: int | None 
 
     def element(index, epoch, position):
         image = source.load(index)
-        seeds = tf.random.experimental.stateless_split(_element_seed(cfg.seed, epoch, position), 2)
-        return (train_view(image, seeds[0], cfg.crop, cfg.realistic_main_augmentation),
-                train_view(image, seeds[1], cfg.crop, cfg.realistic_augmentation),
+        seeds = tf.random.experimental.stateless_split(_element_seed(seed, epoch, position), 2)
+        return (train_view(image, seeds[0], pipeline.crop, pipeline.realistic_main_augmentation),
+                train_view(image, seeds[1], pipeline.crop, pipeline.realistic_augmentation),
                 tf.gather(labels, index))
 
     ds = tf.data.Dataset.counter(start_epoch, dtype=tf.int64).flat_map(epoch_elements)
     ds = ds.map(element, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(cfg.bs, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.batch(pipeline.bs, drop_remainder=True).prefetch(AUTOTUNE)
     # Every worker builds the same global batches; each keeps its part (no files to shard).
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
 
 
-def eval_dataset(split, cfg, batch_size: int | None = None):
-    """Every image of the split once, in split order: float32 [b, crop, crop, 3], int32 [b]
-    (the last batch may be smaller)."""
-    source = image_source(split, cfg)
+def eval_dataset(split, pipeline, batch_size: int = DEFAULT_EVAL_BATCH):
+    """Every image of the split once, in split order, through the evaluation view of
+    `PipelineOptions` (resize, centre crop): float32 [b, crop, crop, 3], int32 [b] (the last
+    batch may be smaller)."""
+    source = image_source(split, pipeline.cache_images)
     ds = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(split), dtype=tf.int64), tf.constant(split.labels, tf.int32)))
-    ds = ds.map(lambda i, y: (test_view(source.load(i), cfg.resize, cfg.crop), y),
+    ds = ds.map(lambda i, y: (test_view(source.load(i), pipeline.resize, pipeline.crop), y),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size or cfg.eval_batch_size).prefetch(AUTOTUNE)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)

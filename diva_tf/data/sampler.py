@@ -69,7 +69,8 @@ SAMPLERS = {"class_random": _class_random, "class_without_replacement": _class_w
 
 @dataclass(frozen=True)
 class Sampler:
-    """One sampler setting; construction checks it (`Config.validate` builds one for that)."""
+    """One sampler setting; construction checks it (`PipelineOptions.validate` builds one for
+    that, and `PipelineOptions.sampler` gives the one of a run)."""
 
     kind: str                # a SAMPLERS name (--data_sampler)
     bs: int                  # global batch size B
@@ -84,10 +85,6 @@ class Sampler:
         if self.bs % self.samples_per_class:
             raise DataError(f"--bs={self.bs} is not a multiple of "
                             f"--samples_per_class={self.samples_per_class}")
-
-    @classmethod
-    def from_config(cls, cfg) -> "Sampler":
-        return cls(cfg.data_sampler, cfg.bs, cfg.samples_per_class, cfg.seed, cfg.steps_per_epoch)
 
     @property
     def draws(self) -> int:

@@ -61,8 +61,8 @@ def group_by_class(rows: list[tuple[int, str]], root: str) -> list:
     return [(str(cid), by_class[cid]) for cid in sorted(by_class)]
 
 
-def load(cfg):
-    list_dir = find_lists(cfg.data_dir)
+def load(options):
+    list_dir = find_lists(options.data_dir)
     splits = []
     for name in LIST_FILES:
         rows = read_list(os.path.join(list_dir, name))

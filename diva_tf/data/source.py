@@ -1,8 +1,9 @@
-"""Where a pipeline gets a split's pixels from: `image_source(split, cfg).load(index)` gives the
-uint8 RGB image [h, w, 3] (grayscale and palette images expanded, alpha dropped, as PIL's
-convert("RGB")).
+"""Where a pipeline gets a split's pixels from: `image_source(split, cache_images).load(index)`
+gives the uint8 RGB image [h, w, 3] (grayscale and palette images expanded, alpha dropped, as
+PIL's convert("RGB")).
 
-With --cache_images, the decoded pixels of a split are held in memory when they fit the budget
+A split of in-memory uint8 arrays (`split_from_arrays`) is held as it is. Otherwise, with
+--cache_images, the decoded pixels of a split are held in memory when they fit the budget
 (e.g. emoji at 64 px); otherwise its encoded files are (e.g. full-size CUB); otherwise images are
 read from disk at every use. Every mode decodes with the same TensorFlow op, so the pixels and
 therefore the batches do not depend on the mode. The source is memoised on the split, so the
@@ -73,6 +74,10 @@ def _in_memory(images: list) -> bool:
     return bool(images) and isinstance(images[0], bytes)
 
 
+def _arrays(images: list) -> bool:
+    return bool(images) and isinstance(images[0], np.ndarray)
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -121,15 +126,17 @@ def choose_mode(images: list, cache: bool, budget: int) -> str:
     return "encoded" if in_memory or encoded_bytes(images) <= budget else "files"
 
 
-def image_source(split, cfg) -> ImageSource:
-    """The split's ImageSource for cfg.cache_images, built once per split."""
-    key = ("image_source", bool(cfg.cache_images))
+def image_source(split, cache_images: bool = True) -> ImageSource:
+    """The split's ImageSource (see the module docstring), built once per split."""
+    key = ("image_source", bool(cache_images))
     if key in split.memo:
         return split.memo[key]
     images = split.images
     in_memory = _in_memory(images)
-    mode = choose_mode(images, cfg.cache_images, cache_budget())
-    if mode == "files":
+    mode = "arrays" if _arrays(images) else choose_mode(images, cache_images, cache_budget())
+    if mode == "arrays":
+        source = _decoded_source([np.asarray(a, np.uint8) for a in images])
+    elif mode == "files":
         source = _file_source(images)
     elif mode == "encoded":
         source = _bytes_source(images if in_memory else [_read(p) for p in images])

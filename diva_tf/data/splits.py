@@ -2,7 +2,8 @@
 class-list transforms (half split, validation carve-out, debug cap) of spec 3.1.
 
 Loaders describe a split as a `ClassList`: `(class name, images)` pairs in split-rule order, where
-an image is a file path (str) or its encoded bytes. `split_from_classes` turns that into a `Split`
+an image is a file path (str) or its encoded bytes. `split_from_arrays` makes a split of in-memory
+uint8 RGB arrays. `split_from_classes` turns that into a `Split`
 with contiguous labels 0..C-1 in that order, which is what the per-class margin parameters are
 indexed by.
 """
@@ -62,6 +63,25 @@ def split_from_classes(classes: ClassList) -> Split:
         labels.extend([label] * len(class_images))
     return Split(images=images, labels=np.asarray(labels, np.int32),
                  class_names=[name for name, _ in classes])
+
+
+def split_from_arrays(images, labels, class_names=None) -> Split:
+    """A split of in-memory images: uint8 RGB [n, h, w, 3] (or a list of [h_i, w_i, 3]) with any
+    n labels (ints or strings). Labels become 0..C-1 in sorted order of their values; class_names
+    defaults to those values as strings."""
+    arrays = [np.asarray(a) for a in images]
+    labels = np.asarray(labels).reshape(-1)
+    bad = next((a.shape for a in arrays if a.ndim != 3 or a.shape[-1] != 3), None)
+    if bad is not None or len(arrays) != len(labels):
+        raise DataError(f"expected {len(labels)} RGB images of shape [h, w, 3] for {len(labels)} "
+                        f"labels, got {len(arrays)} images"
+                        + (f" (one of shape {bad})" if bad else ""))
+    values, index = np.unique(labels, return_inverse=True)
+    names = [str(v) for v in values] if class_names is None else list(class_names)
+    if len(names) != len(values):
+        raise DataError(f"{len(names)} class names for {len(values)} distinct labels")
+    return Split(images=[a.astype(np.uint8) for a in arrays], labels=index.astype(np.int32),
+                 class_names=names)
 
 
 def concat_splits(*splits: Split) -> Split:

@@ -2,8 +2,9 @@
 mAP@C, MAP@R, R-precision; test-time head combination; embedding a split; reports.
 
 numpy and faiss only (TensorFlow is imported only by `combine_heads_tf` and by the Progbar of
-`embed_dataset`). The evaluator of a training run, `in_run.Evaluator`, uses TensorFlow and is
-imported from its module, not from here.
+`embed_dataset`). Evaluating a model on a split (`model_eval.py`) and the evaluator of a training
+run (`in_run.Evaluator`) use TensorFlow and are imported from their modules, not from here; the
+option group is `options.EvaluationOptions`.
 """
 
 from diva_tf.evaluation.clustering import (FAISS_DEFAULT_SEED, clustering_metrics, kmeans_assign,

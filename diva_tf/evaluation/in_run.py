@@ -13,21 +13,25 @@ fraction of the cost of embedding the test split every epoch.
 
 from __future__ import annotations
 
-import tensorflow as tf
-
-from diva_tf import data
-from diva_tf.config import Config, parse_weights
-from diva_tf.evaluation import (FAISS_DEFAULT_SEED, combination_name, embed_dataset,
-                                evaluate_embeddings)
+from diva_tf.data.options import PipelineOptions
+from diva_tf.evaluation.clustering import FAISS_DEFAULT_SEED
+from diva_tf.evaluation.combine import combination_name
+from diva_tf.evaluation.model_eval import embed_function, evaluate_split
+from diva_tf.evaluation.options import EvaluationOptions, published_head_weights
 
 
 class Evaluator:
-    def __init__(self, cfg: Config, splits):
-        self.cfg = cfg
-        self.heads = list(cfg.diva_features)
-        self.combinations = [parse_weights(c, len(self.heads)) for c in cfg.eval_combinations]
+    """Scores an embedder on the run's splits; built from the heads, the evaluation view of
+    `PipelineOptions`, `EvaluationOptions` and the dataset name (published head weights, SOP's
+    Recall@k cut-offs)."""
+
+    def __init__(self, splits, heads, pipeline: PipelineOptions, evaluation: EvaluationOptions,
+                 dataset: str | None = None):
+        self.heads = list(heads)
+        self.pipeline, self.evaluation, self.dataset = pipeline, evaluation, dataset
+        self.combinations = evaluation.combinations(self.heads)
         if not self.combinations and len(self.heads) > 1:
-            self.combinations = [cfg.head_weights]
+            self.combinations = [published_head_weights(dataset, self.heads)]
         self.splits = {"test": splits.test}
         if splits.val is not None:
             self.splits["val"] = splits.val
@@ -42,7 +46,7 @@ class Evaluator:
                    else self.heads[0])
         self.selection_key = f"{'val' if 'val' in self.splits else 'test'}/{primary}/recall@1"
         self.primary = primary
-        self.test_always = cfg.eval_test == "always" or "val" not in self.splits
+        self.test_always = evaluation.eval_test == "always" or "val" not in self.splits
         self._best_val = {}
         self._embed, self._embed_model = None, None
 
@@ -50,17 +54,15 @@ class Evaluator:
         """`model(images, training=False)` traced once for any batch size and reused by every
         evaluation of the run (a new tf.function per epoch would retrace the network each time)."""
         if self._embed is None or self._embed_model is not model:
-            spec = tf.TensorSpec([None, self.cfg.crop, self.cfg.crop, 3], tf.float32)
-            self._embed = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+            self._embed = embed_function(model, self.pipeline.crop)
             self._embed_model = model
         return self._embed
 
     def _score(self, embed, name: str) -> dict:
-        embs, labels = embed_dataset(embed, data.eval_dataset(self.splits[name], self.cfg), verbose=False)
-        results = evaluate_embeddings(
-            embs, labels, heads=self.heads, combinations=self.combinations,
-            recall_k=self.cfg.recall_k or None, n_clusters=self.n_clusters[name],
-            dataset=self.cfg.dataset, seed=FAISS_DEFAULT_SEED)
+        results = evaluate_split(embed, self.splits[name], self.heads, self.pipeline,
+                                 self.evaluation.eval_batch_size, self.combinations,
+                                 self.evaluation.recall_k or None, self.n_clusters[name],
+                                 self.dataset, FAISS_DEFAULT_SEED)
         return {f"{name}/{emb_name}/{metric}": float(value)
                 for emb_name, metrics in results.items() for metric, value in metrics.items()
                 if isinstance(value, (int, float))}

@@ -82,6 +82,6 @@ def evaluate_embeddings(embs: dict, labels, heads, combinations=(), recall_k=Non
     for name, emb in queries.items():
         results[name] = evaluate_embedding(emb, labels, recall_k, n_clusters, seed, galleries[name],
                                            gallery_labels, dataset, chunk_size, gpu)
-        logging.info("%s: %s", name, " ".join(f"{k}={v:.4f}" for k, v in results[name].items()
+        logging.debug("%s: %s", name, " ".join(f"{k}={v:.4f}" for k, v in results[name].items()
                                                if isinstance(v, float)))
     return results

@@ -10,28 +10,34 @@ import keras
 
 from diva_tf.model.backbones import build_backbone, feature_dim
 from diva_tf.model.backbones.preprocessing import Normalize
-from diva_tf.config import Config
 from diva_tf.model.initializers import torch_dense
+from diva_tf.model.options import ModelOptions
 from diva_tf.model.pooling import global_pooling
 
 
-def build_embedding_model(cfg: Config, weights: str | None = None, name: str = "diva") -> keras.Model:
-    """Images [n, H, W, 3] in 0..255 -> {head_name: unit-norm [n, cfg.dims[head_name]]} for cfg.diva_features.
+def build_embedding_model(options: ModelOptions, seed: int | None = None,
+                          weights: str | None = None, name: str = "diva") -> keras.Model:
+    """Images [n, H, W, 3] in 0..255 -> {head: unit-norm [n, options.dims[head]]} for each head
+    of options.diva_features.
 
-    `weights` overrides cfg.backbone_weights (e.g. 'none' when weights are restored afterwards).
-    Heads use PyTorch's Linear init (spec 2.2), not Keras's Glorot/zeros. Frozen BN is a property
-    of how the model is called (training=False, stack_notes trap 6), not of the graph.
+    `seed` seeds the heads' initialisation (None: Keras's global seed); `weights` overrides
+    options.backbone_weights (e.g. 'none' when weights are restored afterwards). Heads use
+    PyTorch's Linear init (spec 2.2), not Keras's Glorot/zeros. Frozen BN is a property of how the
+    model is called (training=False, stack_notes trap 6), not of the graph.
     """
-    backbone, mode = build_backbone(cfg.backbone, cfg.backbone_weights if weights is None else weights)
+    backbone, mode = build_backbone(options.backbone,
+                                    options.backbone_weights if weights is None else weights)
     images = keras.Input((None, None, 3), name="images")
     x = Normalize(mode, name="normalize")(images)
     x = backbone(x)
-    pooled = {kind: global_pooling(kind, cfg.gem_p)(x) for kind in dict.fromkeys(cfg.poolings)}
-    fan_in = feature_dim(cfg.backbone)
+    pooled = {kind: global_pooling(kind, options.gem_p)(x)
+              for kind in dict.fromkeys(options.poolings)}
+    fan_in = feature_dim(options.backbone)
     outputs = {}
-    for i, (head, kind) in enumerate(zip(cfg.diva_features, cfg.poolings)):
-        seed = None if cfg.seed is None else cfg.seed * 101 + 2 * i
-        z = torch_dense(cfg.dims[head], fan_in, name=f"head_{head}", seed=seed, dtype="float32")(pooled[kind])
+    for i, (head, kind) in enumerate(zip(options.diva_features, options.poolings)):
+        head_seed = None if seed is None else seed * 101 + 2 * i
+        z = torch_dense(options.dims[head], fan_in, name=f"head_{head}", seed=head_seed,
+                        dtype="float32")(pooled[kind])
         outputs[head] = keras.layers.UnitNormalization(axis=-1, name=head, dtype="float32")(z)
     return keras.Model(images, outputs, name=name)
 

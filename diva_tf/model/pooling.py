@@ -3,7 +3,7 @@
 
 DiVA pools once by averaging (spec 2.1). CGD (Jun et al. 2019) feeds each embedding from its own
 global descriptor, SPoC (average), MAC (max) or GeM, and concatenates them. Keras is imported only
-when a layer is built (the GeM class is defined on first use), so `diva_tf.config` validates
+when a layer is built (the GeM class is defined on first use), so `ModelOptions` validates
 names without loading TensorFlow. Layer names
 are stable ("avgpool", "maxpool", "gempool") for lookups and weight files.
 """

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from diva_tf.objectives import diagnostics, losses, miners
+from diva_tf.objectives.options import ObjectiveOptions
 
 MARGIN_TASKS = ("discriminative", "shared", "intra")
 
@@ -19,54 +20,53 @@ MARGIN_TASKS = ("discriminative", "shared", "intra")
 class DiVAObjective(keras.layers.Layer):
     """(embeddings per head, labels, seed, keys, queue) -> (total loss, {term: value}).
 
-    `from_config` maps the Config fields; the arguments are, in Config terms: heads
-    (diva_features), head_dims ({head: dimension}, Config.dims), loss and loss_args (its
-    DISCRIMINATIVE_LOSSES fields), margin and beta_init (loss_margin_*), lower_cutoff
-    (miner_distance_lower_cutoff), alpha_* (diva_alpha_*), ssl (diva_ssl), moco_temperature / moco_lower_cutoff / moco_upper_cutoff / fixed
-    (diva_moco_*, diva_fixed), rhos ({direction: rho}, from decorrelation_directions and
-    diva_rho_decorrelation), decorrnet_dim, seed and aux_discriminative
-    (diva_aux_discriminative: beyond DiVA, the weight of a class margin loss on each auxiliary head)
-    and combined_loss (diva_combined_loss: beyond DiVA, the weight of a class margin loss on the
-    L2-normalised concatenation of all heads).
+    Built for the heads of `head_dims` ({head: dimension}, in head order) and `num_classes`
+    training classes from `ObjectiveOptions` (the margin, discriminative, DaNCE, decorrelation
+    and task-weight groups); `seed` seeds the proxies' initialisation. A head set that the options
+    do not fit (e.g. a decorrelation direction naming a missing head) is a ConfigError.
     """
 
-    def __init__(self, *, heads, num_classes: int, head_dims: dict, loss: str, loss_args: dict,
-                 margin: float, beta_init: float, lower_cutoff: float, alpha_ssl: float,
-                 alpha_shared: float, alpha_intra: float, ssl: str, moco_temperature: float,
-                 moco_lower_cutoff: float, moco_upper_cutoff: float, fixed: bool, rhos: dict,
-                 decorrnet_dim: int, seed: int, aux_discriminative: float = 0.0,
-                 combined_loss: float = 0.0, **kwargs):
+    def __init__(self, head_dims: dict, num_classes: int, options: ObjectiveOptions | None = None,
+                 seed: int | None = None, **kwargs):
         super().__init__(name="objective", dtype="float32", **kwargs)
+        options = ObjectiveOptions() if options is None else options
         self.num_classes = int(num_classes)
-        self.heads = list(heads)
+        self.heads = list(head_dims)
+        options.check_heads(self.heads)
         self.head_dims = {h: int(head_dims[h]) for h in self.heads}
-        spec = losses.DISCRIMINATIVE_LOSSES[loss]
-        self.discriminative_loss = spec.build(**loss_args)
-        self.margin, self.lower_cutoff = margin, lower_cutoff
-        self.alpha = {"selfsimilarity": alpha_ssl, "shared": alpha_shared, "intra": alpha_intra}
-        self.dance_args = dict(temperature=moco_temperature, lower_cutoff=moco_lower_cutoff,
-                               upper_cutoff=moco_upper_cutoff, fixed=fixed,
-                               **losses.SELF_SUPERVISED_LOSSES[ssl])
+        heads = self.heads
+        spec = losses.DISCRIMINATIVE_LOSSES[options.loss]
+        self.discriminative_loss = spec.build(**options.loss_args())
+        self.margin = options.loss_margin_margin
+        self.lower_cutoff = options.miner_distance_lower_cutoff
+        self.alpha = {"selfsimilarity": options.diva_alpha_ssl,
+                      "shared": options.diva_alpha_shared, "intra": options.diva_alpha_intra}
+        self.dance_args = dict(temperature=options.diva_moco_temperature,
+                               lower_cutoff=options.diva_moco_lower_cutoff,
+                               upper_cutoff=options.diva_moco_upper_cutoff,
+                               fixed=options.diva_fixed,
+                               **losses.SELF_SUPERVISED_LOSSES[options.diva_ssl])
         self.margin_tasks = [t for t in MARGIN_TASKS
                              if t in heads and (t != "discriminative" or "beta" in spec.params)]
         # Beyond DiVA (aux_discriminative > 0): a class margin loss with its own betas on each
         # auxiliary head, so that every head is also discriminative (an ABE/CGD-like ensemble).
-        self.aux_discriminative = float(aux_discriminative)
+        self.aux_discriminative = float(options.diva_aux_discriminative)
         self.aux_disc_tasks = [f"{h}_disc" for h in heads
                                if h != "discriminative" and self.aux_discriminative > 0]
-        self.aux_margin_loss = losses.DISCRIMINATIVE_LOSSES["margin"].build(margin=margin, lower_cutoff=lower_cutoff)
+        self.aux_margin_loss = losses.DISCRIMINATIVE_LOSSES["margin"].build(
+            margin=self.margin, lower_cutoff=self.lower_cutoff)
         # Beyond DiVA (combined_loss > 0, CGD-style): the same class margin loss on the
         # equal-weight concatenation of the heads, i.e. on the embedding that is evaluated.
-        self.combined_loss = float(combined_loss)
+        self.combined_loss = float(options.diva_combined_loss)
         self.combined_tasks = ["combined"] if self.combined_loss > 0 else []
         self.betas = {
             t: self.add_weight(name=f"beta_{t}", shape=(self.num_classes,),
-                               initializer=keras.initializers.Constant(beta_init))
+                               initializer=keras.initializers.Constant(options.loss_margin_beta))
             for t in self.margin_tasks + self.aux_disc_tasks + self.combined_tasks
         }
-        self.rhos = dict(rhos)
+        self.rhos = options.rhos(heads)
         self.regressors = {
-            f"{src}-{tgt}": losses.build_regressor(self.head_dims[src], decorrnet_dim,
+            f"{src}-{tgt}": losses.build_regressor(self.head_dims[src], options.diva_decorrnet_dim,
                                                    out_dim=self.head_dims[tgt],
                                                    name=f"regressor_{src}_{tgt}")
             for src, tgt in self.rhos
@@ -76,22 +76,6 @@ class DiVAObjective(keras.layers.Layer):
             self.proxies = self.add_weight(
                 name="proxies", shape=(self.num_classes, self.head_dims["discriminative"]),
                 initializer=losses.proxy_initializer(seed))
-
-    @classmethod
-    def from_config(cls, cfg, num_classes: int) -> "DiVAObjective":
-        """The objective of a `diva_tf.config.Config` (validated)."""
-        return cls(
-            heads=list(cfg.diva_features), num_classes=num_classes, head_dims=cfg.dims,
-            loss=cfg.loss, loss_args=losses.DISCRIMINATIVE_LOSSES[cfg.loss].args_from(cfg),
-            margin=cfg.loss_margin_margin, beta_init=cfg.loss_margin_beta,
-            lower_cutoff=cfg.miner_distance_lower_cutoff, alpha_ssl=cfg.diva_alpha_ssl,
-            alpha_shared=cfg.diva_alpha_shared, alpha_intra=cfg.diva_alpha_intra,
-            ssl=cfg.diva_ssl, moco_temperature=cfg.diva_moco_temperature,
-            moco_lower_cutoff=cfg.diva_moco_lower_cutoff,
-            moco_upper_cutoff=cfg.diva_moco_upper_cutoff, fixed=cfg.diva_fixed,
-            rhos=dict(zip(cfg.decorrelation_directions, cfg.diva_rho_decorrelation)),
-            decorrnet_dim=cfg.diva_decorrnet_dim, seed=cfg.seed,
-            aux_discriminative=cfg.diva_aux_discriminative, combined_loss=cfg.diva_combined_loss)
 
     def build(self, input_shape=None):
         for (src, _), reg in self._by_direction().items():

@@ -1,7 +1,8 @@
 """Export a trained embedding model as a TF Serving SavedModel, and read one back.
 
 `python -m diva_tf.export --workdir DIR --export_dir export/models/diva [--version N]
-[--checkpoint best|last] [--head_weights 0.5,1,1,1] [--overwrite]`
+[--checkpoint best|last] [--head_weights 0.5,1,1,1] [--overwrite]` (a run folder's export,
+`diva_tf.config.run_folder.export_workdir`), or `export_model` on any embedding model.
 
 Layout (what TF Serving watches): `<export_dir>/<version>/saved_model.pb`, `variables/`,
 `assets/diva_manifest.json`. A version is written to a hidden temporary folder beside it and
@@ -38,7 +39,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
 
 import numpy as np
@@ -104,13 +104,13 @@ def fingerprint(version_dir: str) -> str:
 
 
 # ---- the exported graph ---------------------------------------------------------------------
-def eval_preprocess(image_bytes: tf.Tensor, cfg) -> tf.Tensor:
+def eval_preprocess(image_bytes: tf.Tensor, pipeline) -> tf.Tensor:
     """One encoded image -> float32 [crop, crop, 3], composed exactly as `data.eval_dataset`
-    does: the data pipeline's decoder, then its test view."""
+    does with `PipelineOptions` (resize, crop): the data pipeline's decoder, then its test view."""
     from diva_tf.data.augment import test_view
     from diva_tf.data.source import decode_rgb
 
-    return test_view(decode_rgb(image_bytes), cfg.resize, cfg.crop)
+    return test_view(decode_rgb(image_bytes), pipeline.resize, pipeline.crop)
 
 
 def embedding_outputs(model, heads, head_weights, images):
@@ -123,18 +123,17 @@ def embedding_outputs(model, heads, head_weights, images):
     return outputs
 
 
-def build_archive(model, cfg, head_weights):
+def build_archive(model, heads, head_weights, pipeline):
     """ExportArchive with the `serving_default` (encoded bytes) and `serve_images` endpoints."""
     import keras
 
-    heads = list(cfg.diva_features)
-    image_spec = tf.TensorSpec([cfg.crop, cfg.crop, 3], tf.float32)
+    image_spec = tf.TensorSpec([pipeline.crop, pipeline.crop, 3], tf.float32)
 
     def from_images(images):
         return embedding_outputs(model, heads, head_weights, images)
 
     def from_bytes(image_bytes):
-        images = tf.map_fn(lambda b: eval_preprocess(b, cfg), image_bytes,
+        images = tf.map_fn(lambda b: eval_preprocess(b, pipeline), image_bytes,
                            fn_output_signature=image_spec)
         return from_images(images)
 
@@ -143,8 +142,8 @@ def build_archive(model, cfg, head_weights):
     archive.add_endpoint(BYTES_SIGNATURE, from_bytes,
                          input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     archive.add_endpoint(IMAGES_SIGNATURE, from_images,
-                         input_signature=[tf.TensorSpec([None, cfg.crop, cfg.crop, 3], tf.float32,
-                                                        name=IMAGES_INPUT)])
+                         input_signature=[tf.TensorSpec([None, pipeline.crop, pipeline.crop, 3],
+                                                        tf.float32, name=IMAGES_INPUT)])
     return archive
 
 
@@ -178,20 +177,21 @@ def run_metrics(workdir: str, heads, head_weights, checkpoint: str = "best") -> 
             "scores": {k[len(prefix):]: v for k, v in chosen.items() if k.startswith(prefix)}}
 
 
-def make_manifest(cfg, head_weights, version: int, metrics: dict | None, source: dict) -> dict:
-    import diva_tf
+def make_manifest(model, heads, head_weights, pipeline, version: int, metrics: dict | None,
+                  source: dict, dataset: str | None, backbone: str | None) -> dict:
+    from diva_tf.core.version import __version__
 
-    heads = list(cfg.diva_features)
+    dims = [int(model.output[h].shape[-1]) for h in heads]
     return {
         "heads": heads,
         "head_weights": [float(w) for w in head_weights],
-        "head_dims": [cfg.dims[h] for h in heads],
-        "embedding_dim": sum(cfg.dims[h] for h in heads),
-        "crop": cfg.crop,
-        "resize": cfg.resize,
-        "backbone": cfg.backbone,
-        "dataset": cfg.dataset,
-        "diva_tf_version": diva_tf.__version__,
+        "head_dims": dims,
+        "embedding_dim": sum(dims),
+        "crop": pipeline.crop,
+        "resize": pipeline.resize,
+        "backbone": backbone,
+        "dataset": dataset,
+        "diva_tf_version": __version__,
         "model_version": int(version),
         "signatures": {BYTES_SIGNATURE: BYTES_INPUT, IMAGES_SIGNATURE: IMAGES_INPUT},
         "metrics": metrics,
@@ -275,17 +275,24 @@ def swap_in(tmp: str, final: str, replace: bool) -> None:
 
 
 # ---- publishing -----------------------------------------------------------------------------
-def export_model(model, cfg, export_dir: str, version: int | None = None, head_weights=None,
-                 overwrite: bool = False, metrics: dict | None = None,
-                 source: dict | None = None) -> str:
-    """Write `model` as `<export_dir>/<version>` atomically; returns the version folder.
+def export_model(model, pipeline, export_dir: str, version: int | None = None, head_weights=None,
+                 overwrite: bool = False, metrics: dict | None = None, source: dict | None = None,
+                 *, heads=None, dataset: str | None = None, backbone: str | None = None) -> str:
+    """Write an embedding model (`build_embedding_model`) as `<export_dir>/<version>`
+    atomically; returns the version folder.
 
-    version defaults to the highest published version + 1. An existing version is refused unless
+    `pipeline` (`PipelineOptions`) gives the evaluation view the bytes signature applies (resize,
+    crop). heads default to the model's outputs in order, head_weights to the dataset's published
+    ones (all 1 for other datasets); dataset and backbone are recorded in the manifest. version
+    defaults to the highest published version + 1. An existing version is refused unless
     `overwrite`, in which case it is swapped out only after the new one is complete. Leftovers of
     dead exports into export_dir are cleaned first.
     """
-    heads = list(cfg.diva_features)
-    head_weights = tuple(cfg.head_weights if head_weights is None else head_weights)
+    from diva_tf.evaluation.options import published_head_weights
+
+    heads = list(model.output) if heads is None else list(heads)
+    head_weights = tuple(published_head_weights(dataset, heads) if head_weights is None
+                         else head_weights)
     if len(head_weights) != len(heads) or min(head_weights) < 0 or max(head_weights) <= 0:
         raise ExportError(f"head weights {head_weights} for heads {heads}: need one non-negative "
                           "weight per head, not all zero")
@@ -300,10 +307,12 @@ def export_model(model, cfg, export_dir: str, version: int | None = None, head_w
                           "--version to publish the next one")
     tmp = owned_tempdir(export_dir, "tmp", str(version))
     try:
-        build_archive(model, cfg, head_weights).write_out(tmp, verbose=False)
+        build_archive(model, heads, head_weights, pipeline).write_out(tmp, verbose=False)
         os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
+        manifest = make_manifest(model, heads, head_weights, pipeline, version, metrics,
+                                 source or {}, dataset, backbone)
         with open(os.path.join(tmp, "assets", MANIFEST_FILE), "w") as f:
-            json.dump(make_manifest(cfg, head_weights, version, metrics, source or {}), f, indent=2)
+            json.dump(manifest, f, indent=2)
         swap_in(tmp, final, overwrite)
     except FileExistsError as e:
         raise ExportError(str(e)) from None
@@ -324,24 +333,13 @@ def portable_path(path: str) -> str:
     return relative_to_cwd(path) or os.path.basename(os.path.abspath(path))
 
 
-def run_source(workdir: str, cfg, checkpoint: str) -> dict:
-    """Where an export came from, portably (see the module docstring)."""
+def run_source(workdir: str, config: dict, checkpoint: str) -> dict:
+    """Where an export came from, portably (see the module docstring); `config` is the run's
+    config.json as a dict."""
     config = {k: portable_path(v) if isinstance(v, str) and os.path.isabs(v) else v
-              for k, v in cfg.to_dict().items()}
+              for k, v in config.items()}
     return {"run": os.path.basename(os.path.abspath(workdir)), "workdir": relative_to_cwd(workdir),
             "checkpoint": checkpoint, "config": config}
-
-
-def export_workdir(workdir: str, export_dir: str, version: int | None = None,
-                   checkpoint: str = "best", head_weights=None, overwrite: bool = False) -> str:
-    """Load a training run's weights and export them; returns the version folder."""
-    from diva_tf.training.workdir import load_model
-
-    model, cfg = load_model(workdir, checkpoint)
-    weights = tuple(cfg.head_weights if head_weights is None else head_weights)
-    return export_model(model, cfg, export_dir, version, weights, overwrite,
-                        run_metrics(workdir, cfg.diva_features, weights, checkpoint),
-                        run_source(workdir, cfg, checkpoint))
 
 
 @dataclasses.dataclass

@@ -55,6 +55,6 @@ def _auto():
 STRATEGIES = {"auto": _auto, "mirrored": _mirrored, "multiworker": _multiworker, "default": _default}
 
 
-def make_strategy(cfg) -> "tf.distribute.Strategy":
+def make_strategy(name: str) -> "tf.distribute.Strategy":
     """The strategy of --strategy (a STRATEGIES name)."""
-    return STRATEGIES[cfg.strategy]()
+    return STRATEGIES[name]()

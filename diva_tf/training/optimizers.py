@@ -6,14 +6,18 @@ network: lr 1e-5 with *coupled* L2 (4e-4 * w added to the gradient before Adam, 
 heads (only with --fc_lr > 0): the network's optimizer and decay at their own lr; betas: lr 5e-4, no
 decay; regressors: lr 1e-5, no decay; proxies (proxy loss only).
 Every group follows the same epoch-wise schedule shape. TensorFlow is imported only when an
-optimizer or a schedule is built, so `diva_tf.config` validates names without loading it.
+optimizer or a schedule is built, so the options (`options.OptimizerOptions`) validate names
+without loading it.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from diva_tf.training.options import OptimizerOptions
 
 ADAM_EPSILON = 1e-8  # PyTorch's default; Keras's is 1e-7 (spec 10.13)
 
@@ -88,12 +92,12 @@ def _cosine(base_lr, steps_per_epoch, *, milestones, gamma, total_epochs, warmup
 SCHEDULES = {"step": _step, "cosine": _cosine}
 
 
-def schedule_from_config(cfg, steps_per_epoch: int):
-    """base_lr -> schedule with the Config's shape (--scheduler, --tau, --gamma, --n_epochs,
-    --warmup_epochs), shared by every parameter group."""
-    return functools.partial(SCHEDULES[cfg.scheduler], steps_per_epoch=steps_per_epoch,
-                             milestones=cfg.tau, gamma=cfg.gamma, total_epochs=cfg.n_epochs,
-                             warmup_epochs=cfg.warmup_epochs)
+def schedule_of(options: "OptimizerOptions", steps_per_epoch: int, epochs: int):
+    """base_lr -> schedule of the shape `options` give (--scheduler, --tau, --gamma,
+    --warmup_epochs; cosine ends at `epochs`), shared by every parameter group."""
+    return functools.partial(SCHEDULES[options.scheduler], steps_per_epoch=steps_per_epoch,
+                             milestones=options.tau, gamma=options.gamma, total_epochs=epochs,
+                             warmup_epochs=options.warmup_epochs)
 
 
 DECAYED_GROUPS = ("network", "heads")
@@ -110,16 +114,11 @@ def make_optimizers(learning_rates: dict, schedule, optimizer: str = "adam", dec
     return {group: build(group, lr) for group, lr in learning_rates.items()}
 
 
-def optimizers_from_config(cfg, steps_per_epoch: int) -> dict:
-    """{'network', ['heads',] 'beta', 'regressor', 'proxy'} -> optimizer, from --lr, --fc_lr,
-    --loss_margin_beta_lr, --diva_decorrnet_lr, --loss_proxy_lr, --optimizer / --decay and the
-    schedule flags."""
-    learning_rates = {"network": cfg.lr, "beta": cfg.loss_margin_beta_lr,
-                      "regressor": cfg.diva_decorrnet_lr, "proxy": cfg.loss_proxy_lr}
-    if cfg.fc_lr > 0:
-        learning_rates["heads"] = cfg.fc_lr
-    return make_optimizers(learning_rates, schedule_from_config(cfg, steps_per_epoch),
-                           cfg.optimizer, cfg.decay)
+def optimizers_of(options: "OptimizerOptions", steps_per_epoch: int, epochs: int) -> dict:
+    """{'network', ['heads',] 'beta', 'regressor', 'proxy'} -> optimizer, from the learning
+    rates of `OptimizerOptions`, its --optimizer / --decay and its schedule."""
+    return make_optimizers(options.learning_rates, schedule_of(options, steps_per_epoch, epochs),
+                           options.optimizer, options.decay)
 
 
 def add_coupled_l2(grads, variables, decay: float):

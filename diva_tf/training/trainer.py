@@ -5,6 +5,11 @@ Per step: query forward on view 1 (frozen BN = training=False), key forward on v
 keys and labels all-gathered across replicas, the objective on the global batch scaled by
 1/replicas (Keras sums replica gradients, stack_notes trap 1), one optimizer step per parameter
 group, then the momentum update of the key encoder and the FIFO enqueue of this step's keys.
+
+`fit` takes a dataset of class-balanced global batches: (view1, view2, labels) as
+`diva_tf.data.train_dataset` makes them, or (images, labels), the key encoder then seeing the same
+images as the query network. Labels are int 0..num_classes-1 and every class in a batch needs a
+second image (samples_per_class >= 2) for the margin losses.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from diva_tf.config import Config
-from diva_tf.training.distribute import num_workers
 from diva_tf.model.network import build_embedding_model, head_variables
+from diva_tf.model.options import ModelOptions
 from diva_tf.objectives.objective import DiVAObjective
-from diva_tf.training.optimizers import DECAYED_GROUPS, OPTIMIZERS, add_coupled_l2, optimizers_from_config
+from diva_tf.objectives.options import ObjectiveOptions
+from diva_tf.training.distribute import num_workers
+from diva_tf.training.optimizers import DECAYED_GROUPS, OPTIMIZERS, add_coupled_l2, optimizers_of
+from diva_tf.training.options import OptimizerOptions
 
 
 def enqueue(queue, keys):
@@ -65,32 +72,50 @@ def _gather(x):
 
 
 class DiVATrainer(keras.Model):
-    """Holds the query network, key encoder, queue and objective; `embedder` is what gets exported."""
+    """Holds the query network (`embedder`, what gets evaluated and exported), key encoder, queue,
+    objective and one optimizer per parameter group.
 
-    def __init__(self, cfg: Config, num_classes: int, steps_per_epoch: int, **kwargs):
+    Built from `ModelOptions` (network), `ObjectiveOptions` (objective, key-encoder momentum, queue
+    length in batches) and `OptimizerOptions` (optimizers and their schedule) for `num_classes`
+    training classes, global batches of `batch_size`, and `steps_per_epoch` x `epochs` steps (the
+    schedules change per epoch); `seed` seeds the heads' initialisation and the miners.
+    """
+
+    def __init__(self, model: ModelOptions, num_classes: int, *, batch_size: int,
+                 steps_per_epoch: int, epochs: int, objective: ObjectiveOptions | None = None,
+                 optimizer: OptimizerOptions | None = None, seed: int = 0, **kwargs):
         super().__init__(name="diva_trainer", **kwargs)
-        self.cfg = cfg
-        self.embedder = build_embedding_model(cfg)
-        self.objective = DiVAObjective.from_config(cfg, num_classes)
+        objective = ObjectiveOptions() if objective is None else objective
+        self.optimizer_options = OptimizerOptions() if optimizer is None else optimizer
+        self.frozen_bn, self.seed = bool(model.frozen_bn), int(seed)
+        self.momentum = float(objective.diva_moco_momentum)
+        self.n_key_batches = int(objective.diva_moco_n_key_batches)
+        self.embedder = build_embedding_model(model, seed)
+        self.objective = DiVAObjective(model.dims, num_classes, objective, seed)
         self.objective.build()
-        self.use_keys = "selfsimilarity" in cfg.diva_features
+        self.use_keys = "selfsimilarity" in model.diva_features
         if self.use_keys:
-            self.key_encoder = build_embedding_model(cfg, weights="none", name="key_encoder")
+            self.key_encoder = build_embedding_model(model, seed, weights="none", name="key_encoder")
             self.key_encoder.set_weights(self.embedder.get_weights())
             self.key_encoder.trainable = False
             trainable = {id(v) for v in self.embedder.trainable_variables}
             self._ema_pairs = [(k, q) for k, q in zip(self.key_encoder.weights, self.embedder.weights)
                                if id(q) in trainable]
             self.queue = self.add_weight(
-                name="queue", shape=(cfg.diva_moco_n_key_batches * cfg.bs, cfg.dims["selfsimilarity"]),
+                name="queue", shape=(self.n_key_batches * batch_size, model.dims["selfsimilarity"]),
                 initializer="zeros", trainable=False)
-        self.optimizers = optimizers_from_config(cfg, steps_per_epoch)
+        self.optimizers = optimizers_of(self.optimizer_options, steps_per_epoch, epochs)
         self._loss_trackers = {}
         self.built = True
 
     # ---- Keras plumbing ------------------------------------------------------------------
     def call(self, images, training=False):
         return self.embedder(images, training=training)
+
+    def fit(self, x=None, *args, shuffle: bool = False, **kwargs):
+        """keras.Model.fit with shuffle off by default: the batches come sampled already (Keras
+        ignores `shuffle` for a tf.data.Dataset, but warns when it is on)."""
+        return super().fit(x, *args, shuffle=shuffle, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """No-op: everything is built in __init__. Keras's version pulls one batch off the training
@@ -111,9 +136,11 @@ class DiVATrainer(keras.Model):
             if variables:
                 self.optimizers[group].build(variables)
 
-    def compile_for_training(self) -> None:
-        """compile + every optimizer slot and loss tracker created eagerly (under the scope)."""
-        self.compile(optimizer=self.optimizers["network"], jit_compile=bool(self.cfg.jit_compile))
+    def compile(self, jit_compile: bool = False) -> None:
+        """Keras's compile with the network's optimizer (the others are applied by `train_step`),
+        then every optimizer slot and loss tracker created now (under the strategy scope, not
+        lazily in a replica). No loss argument: the objective is the loss."""
+        super().compile(optimizer=self.optimizers["network"], jit_compile=bool(jit_compile))
         self.build_optimizers()
         self.init_trackers()
 
@@ -134,7 +161,7 @@ class DiVATrainer(keras.Model):
     # ---- one DiVA iteration -------------------------------------------------------------
     def _seed(self):
         step = tf.cast(self.optimizers["network"].iterations, tf.int64)
-        return tf.stack([tf.constant(self.cfg.seed, tf.int64), step])
+        return tf.stack([tf.constant(self.seed, tf.int64), step])
 
     def compute_objective(self, view1, view2, labels, training_mode: bool):
         """Global-batch objective for this replica's slice; returns (total, terms, global keys,
@@ -157,23 +184,28 @@ class DiVATrainer(keras.Model):
         flat_vars = [v for vs in groups.values() for v in vs]
         with tf.GradientTape() as tape:
             total, terms, keys, stats = self.compute_objective(view1, view2, labels,
-                                                               training_mode=not self.cfg.frozen_bn)
+                                                               training_mode=not self.frozen_bn)
             scaled = total / replicas
         flat_grads = tape.gradient(scaled, flat_vars)
         grads, start = {}, 0
         for group, variables in groups.items():
             g = flat_grads[start:start + len(variables)]
             start += len(variables)
-            if group in DECAYED_GROUPS and OPTIMIZERS[self.cfg.optimizer].coupled_decay:
-                g = add_coupled_l2(g, variables, self.cfg.decay / replicas)
+            options = self.optimizer_options
+            if group in DECAYED_GROUPS and OPTIMIZERS[options.optimizer].coupled_decay:
+                g = add_coupled_l2(g, variables, options.decay / replicas)
             grads[group] = (g, variables)
         return grads, total, {**terms, **stats}, keys
 
     def train_step(self, data):
-        view1, view2, labels = data
+        view1, view2, labels = data if len(data) == 3 else (data[0], data[0], data[1])
         grads, total, terms, keys = self.compute_gradients(view1, view2, labels)
         for group, (g, variables) in grads.items():
-            self.optimizers[group].apply(g, variables)
+            # A variable the objective does not reach has no gradient: left out here (Keras would
+            # skip it too, with a "Gradients do not exist" warning).
+            present = [(gi, v) for gi, v in zip(g, variables) if gi is not None]
+            if present:
+                self.optimizers[group].apply([gi for gi, _ in present], [v for _, v in present])
         if self.use_keys:
             self.momentum_update()
             assign_in_replica_context([(self.queue, enqueue(self.queue, keys))])
@@ -189,21 +221,22 @@ class DiVATrainer(keras.Model):
 
     def momentum_update(self) -> None:
         """key <- m * key + (1 - m) * query over trainable variables (spec 2.3), after the step."""
-        m = self.cfg.diva_moco_momentum
+        m = self.momentum
         assign_in_replica_context([(k, m * k + (1.0 - m) * q) for k, q in self._ema_pairs])
 
     # ---- queue initialisation (spec 4.5) ------------------------------------------------
     def fill_queue(self, batches) -> None:
-        """Stack key-encoder outputs on view 1 of exactly n_key_batches global batches."""
+        """Stack key-encoder outputs on view 1 of exactly n_key_batches global batches (of a
+        stream like `fit`'s; DiVA uses one with another seed). Call once before training."""
         if not self.use_keys:
             return
         keys = []
-        for i, (view1, _view2, _labels) in enumerate(batches):
-            if i >= self.cfg.diva_moco_n_key_batches:
+        for i, batch in enumerate(batches):
+            if i >= self.n_key_batches:
                 break
-            keys.append(self._key_embed(view1))
-        if len(keys) < self.cfg.diva_moco_n_key_batches:
-            raise ValueError(f"queue needs {self.cfg.diva_moco_n_key_batches} batches, got {len(keys)}")
+            keys.append(self._key_embed(batch[0]))
+        if len(keys) < self.n_key_batches:
+            raise ValueError(f"queue needs {self.n_key_batches} batches, got {len(keys)}")
         self.queue.assign(tf.concat(keys, axis=0))
 
     @tf.function

@@ -1,5 +1,6 @@
-"""Files of a training run's --workdir, the lock that makes its run the only writer, and loading a
-trained embedding model from one. Keras is imported only to load or save weights."""
+"""Files of a training run's --workdir and the lock that makes its run the only writer (loading a
+run's model needs its Config: `diva_tf.config.run_folder`). Keras is imported only to save
+weights."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from diva_tf.config import Config, ConfigError
+from diva_tf.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import keras
@@ -113,26 +114,6 @@ class WorkdirLock:
 def weights_path(workdir: str, which: str) -> str:
     """Keras weights of the embedding model: 'best' (by R@1) or 'last' (latest epoch)."""
     return os.path.join(workdir, f"{which}.weights.h5")
-
-
-def load_config(workdir: str) -> Config:
-    return Config.load(os.path.join(workdir, CONFIG_FILE))
-
-
-def load_model(workdir: str, checkpoint: str = "best") -> tuple[keras.Model, Config]:
-    """(embedding model with the run's weights, its Config). Falls back from best to last."""
-    from diva_tf.model.network import build_embedding_model
-
-    cfg = load_config(workdir)
-    path = weights_path(workdir, checkpoint)
-    if not os.path.exists(path) and checkpoint == "best":
-        path = weights_path(workdir, "last")
-    if not os.path.exists(path):
-        raise ConfigError(f"{workdir} has no trained weights ({checkpoint}.weights.h5); "
-                          "has the run finished an epoch?")
-    model = build_embedding_model(cfg, weights="none")
-    model.load_weights(path)
-    return model, cfg
 
 
 def save_weights_atomic(model: keras.Model, path: str) -> None:

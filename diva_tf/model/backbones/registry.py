@@ -1,7 +1,7 @@
 """Name -> feature-map network, its input normalisation, and how its weights are obtained.
 
 `BACKBONES` is the one registry of --backbone. Keras is imported only when a network is built, so
-`diva_tf.config` can validate the name without loading TensorFlow.
+the options (`diva_tf.model.options`) validate the name without loading TensorFlow.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def _spec(name: str) -> BackboneSpec:
 
 def weights_source(weights: str | None):
     """'imagenet' | 'none'/''/None | a weights file path -> the keras.applications argument;
-    BackboneError for a path that is not a file (checked by Config.validate before any data is
-    read)."""
+    BackboneError for a path that is not a file (checked by ModelOptions.validate before any data
+    is read)."""
     if weights in (None, "", "none", "None"):
         return None
     if weights == "imagenet":

@@ -2,7 +2,7 @@
 
 `DISCRIMINATIVE_LOSSES` and `SELF_SUPERVISED_LOSSES` (in `registry`) are the registries of --loss
 and --diva_ssl. The loss functions are
-loaded on first use, so the registry (and `diva_tf.config`, which validates against it) does not
+loaded on first use, so the registry (and `ObjectiveOptions`, which validates against it) does not
 pay for importing TensorFlow.
 """
 

@@ -39,8 +39,8 @@ def decorrelation_loss(source, target, regressor, rho):
 def directions_loss(embeddings, regressors, rhos):
     """Sum of `decorrelation_loss` over the directions (source, target) keying `rhos`.
 
-    `regressors` and `rhos` are keyed by direction; `Config.validate` requires exactly one rho per
-    direction (the original silently dropped directions without one).
+    `regressors` and `rhos` are keyed by direction; `ObjectiveOptions.check_heads` requires
+    exactly one rho per direction (the original silently dropped directions without one).
     """
     terms = [decorrelation_loss(embeddings[src], embeddings[tgt], regressors[(src, tgt)], rho)
              for (src, tgt), rho in rhos.items()]

@@ -1,10 +1,11 @@
 """The discriminative-head losses by --loss name, and the self-supervised task by --diva_ssl: the
 one registry of each choice.
 
-Each entry names the Config fields it reads (constructor argument -> field), the weights the
+Each entry names the option fields it reads (constructor argument -> field of
+`diva_tf.objectives.options.ObjectiveOptions`), the weights the
 objective must own for it ("beta": per-class margin betas [C], "proxies": class proxies [C, D]),
 and builds `loss(embeddings, labels, seed, params) -> scalar` from those arguments. The loss
-modules (TensorFlow) are imported only when a loss is built, so `diva_tf.config` validates names
+modules (TensorFlow) are imported only when a loss is built, so the options validate names
 without loading TensorFlow.
 """
 
@@ -17,11 +18,12 @@ from typing import Callable, Mapping
 @dataclass(frozen=True)
 class DiscriminativeLoss:
     build: Callable[..., Callable]  # (**args) -> loss(embeddings, labels, seed, params)
-    fields: Mapping[str, str]       # build argument -> Config field
+    fields: Mapping[str, str]       # build argument -> option field
     params: tuple = ()              # objective-owned weights the loss uses: "beta", "proxies"
 
-    def args_from(self, cfg) -> dict:
-        return {arg: getattr(cfg, name) for arg, name in self.fields.items()}
+    def args_from(self, options) -> dict:
+        """The build arguments, read from `options` (anything holding the option fields)."""
+        return {arg: getattr(options, name) for arg, name in self.fields.items()}
 
 
 def _margin(margin, lower_cutoff):

@@ -1,0 +1,74 @@
+"""`--help` / `--helpshort` of the command-line tools (issue 26): a usage, then one line per flag
+that matters with its default and help, then where the rest is; exit code 0."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from diva_tf.config import Config
+from diva_tf.config.flags import first_sentence
+
+TRAIN_FLAGS = ["dataset", "data_dir", "workdir", "backbone", "backbone_weights", "n_epochs", "bs",
+               "lr", "diva_features", "val_classes_fraction", "eval_every"]
+
+
+def help_of(module: str, flag: str = "--help") -> str:
+    proc = subprocess.run([sys.executable, "-m", module, flag], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def flag_line(text: str, name: str) -> str:
+    lines = [l for l in text.splitlines() if l.startswith(f"  --{name}=")]
+    assert len(lines) == 1, (name, text)
+    return lines[0]
+
+
+def test_first_sentence():
+    assert first_sentence("Cut here. Not this.") == "Cut here."
+    assert first_sentence("A list, e.g. '0.5,1'; i.e. weights. Then more.") == \
+        "A list, e.g. '0.5,1'; i.e. weights."
+    assert first_sentence("no full stop") == "no full stop"
+
+
+@pytest.mark.parametrize("flag", ["--help", "--helpshort"])
+def test_train_help_lists_the_flags_that_matter(flag):
+    text = help_of("diva_tf.train", flag)
+    assert "usage: python -m diva_tf.train --flagfile=configs/<name>.flags" in text
+    assert "--helpfull" in text.splitlines()[-1]
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for name in TRAIN_FLAGS:
+        field = fields[name]
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+        line = flag_line(text, name)
+        assert line.startswith(f"  --{name}={shown} ")
+        assert field.metadata["help"].split(". ")[0] in line
+
+
+@pytest.mark.parametrize("module, expected", [
+    ("diva_tf.evaluate", {"workdir": "Training run folder", "saved_model": "Exported SavedModel",
+                          "classes=test": "every class of the dataset",
+                          "data_dir": "Dataset folder"}),
+    ("diva_tf.index", {"saved_model=export/models/diva": "Export version folder",
+                       "images": "build: folder of images", "index": "search: index folder",
+                       "k=5": "search: neighbours per query."}),
+])
+def test_tool_help_lists_its_flags(module, expected):
+    text = help_of(module)
+    assert f"python -m {module}" in text and "--helpfull" in text
+    for flag, words in expected.items():
+        assert words in flag_line(text, flag.split("=")[0]), flag
+        assert flag_line(text, flag.split("=")[0]).startswith(f"  --{flag}")
+
+
+@pytest.mark.slow  # both import TensorFlow at start-up
+@pytest.mark.parametrize("module, expected", [
+    ("diva_tf.export", {"workdir": "Training run folder", "overwrite=false": "Replace an existing"}),
+    ("diva_tf.serve", {"port=8501": "REST port", "model_name=diva": "Name in the"}),
+])
+def test_tensorflow_tool_help_lists_its_flags(module, expected):
+    test_tool_help_lists_its_flags(module, expected)
