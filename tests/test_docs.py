@@ -69,6 +69,7 @@ def tiny_emoji(out: str, cache: str) -> None:
 def seed_workspace(tmp_path_factory) -> str:
     """A workspace to copy for each document (its data is made once)."""
     ws = str(tmp_path_factory.mktemp("docs") / "seed")
+    os.makedirs(ws)
     for name in COPIED:
         src = os.path.join(REPO, name)
         if os.path.isdir(src):

@@ -17,7 +17,9 @@ class OptimizerOptions(Options):
     """One optimizer per parameter group (network, [heads,] betas, regressors, proxies), each with
     its learning rate, all following the same epoch-wise schedule."""
 
-    optimizer: str = option("adam", "adam (coupled L2, as DiVA) | adamw (decoupled decay).",
+    optimizer: str = option("adam", "adam (coupled L2, as DiVA) | adamw (decoupled decay) | "
+                            "adam_torch (adam with torch's epsilon placement, for step-exact "
+                            "comparison with the original code).",
                             choices=(OPTIMIZERS, "optimizer"))
     lr: float = option(1e-5, "Network learning rate.", POSITIVE)
     fc_lr: float = option(-1.0, "Learning rate of the embedding heads (same optimizer and weight "
