@@ -79,3 +79,15 @@ def test_entry_point_stderr_is_only_its_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [f"error: --index {missing}: no such index folder"]
     assert not [n for n in NOISE if n in proc.stderr + proc.stdout]
+
+
+def test_plain_formatter_drops_absl_prefix_and_names_warnings():
+    from diva_tf.core.quiet import PlainFormatter
+
+    def record(level, msg, *args):
+        return logging.LogRecord("absl", level, "x.py", 1, msg, args, None)
+
+    fmt = PlainFormatter()
+    assert fmt.format(record(logging.INFO, "emoji train: %d images", 2688)) == "emoji train: 2688 images"
+    assert fmt.format(record(logging.WARNING, "%d unreadable", 3)) == "warning: 3 unreadable"
+    assert fmt.format(record(logging.ERROR, "bad")) == "error: bad"

@@ -12,6 +12,8 @@ Every entry point calls `quiet_third_party()` first thing, before TensorFlow is 
   library with AVX2 support due to: ModuleNotFoundError") before loading the generic one, and
   TensorFlow's Python INFO notes (SavedModel assets and fingerprint, checkpoint sharding, the
   devices of a strategy), logged through the "tensorflow" logger or absl's: WARNING and above only.
+- diva_tf's own log lines: the message alone (`warning: ` / `error: ` before those), not absl's
+  developer prefix of level, date, time, thread id and source line.
 """
 
 from __future__ import annotations
@@ -50,6 +52,15 @@ def quiet_third_party() -> None:
         sys.meta_path.insert(0, _QuietImport("tensorflow"))
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    absl_logging.get_absl_handler().setFormatter(PlainFormatter())
+
+
+class PlainFormatter(logging.Formatter):
+    """'message' for INFO and below, 'warning: message' / 'error: message' above."""
+
+    def format(self, record) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
 class InfoFrom(logging.Filter):

@@ -146,6 +146,6 @@ def image_source(split, cache_images: bool = True) -> ImageSource:
         source = _decoded_source(arrays)
         logging.info("caching %d decoded images (%.1f MB) in memory", len(arrays),
                      sum(a.nbytes for a in arrays) / 2**20)
-    logging.info("%d images read from: %s", len(images), source.mode)
+    logging.debug("%d images read from: %s", len(images), source.mode)
     split.memo[key] = source
     return source
