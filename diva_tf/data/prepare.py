@@ -89,4 +89,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from diva_tf.core.quiet import quiet_third_party
+
+    quiet_third_party()
     sys.exit(main())
