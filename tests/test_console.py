@@ -142,3 +142,22 @@ def test_fit_hands_the_evaluation_to_a_later_callback(capsys):
     assert len(lines) == 2
     assert lines[0].startswith("epoch 1/2  loss ") and lines[0].endswith("val R@1 0.5000 (best)")
     assert lines[1].startswith("epoch 2/2  loss ") and lines[1].endswith("val R@1 0.6000")
+
+
+def test_a_run_stopped_mid_epoch_leaves_no_progress_row_on_the_terminal(monkeypatch):
+    """StopOnNonFinite (or Ctrl-C) raises inside `fit`: the row drawn in place is blanked, so the
+    error line that follows starts at column 0 of a clean row."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out, clock = Terminal(), Clock()
+    progress = cb.Progress(STEPS, BS, EPOCHS, stream=out, clock=clock)
+    progress.on_epoch_begin(0)
+    for step in range(4):
+        clock.now = STEP_SECONDS * (step + 1)
+        progress.on_train_batch_end(step, dict(LOGS))
+    drawn = out.getvalue().split("\r")[-1]
+    assert drawn.startswith("epoch 1/3  4/10  loss 1.2346")
+    progress.close()
+    rows = out.getvalue().split("\r")
+    assert rows[-2] == " " * len(drawn) and rows[-1] == ""  # blanked, cursor at column 0
+    progress.close()  # nothing left to blank: writes nothing
+    assert out.getvalue().split("\r") == rows

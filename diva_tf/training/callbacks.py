@@ -246,6 +246,14 @@ class Progress(keras.callbacks.Callback):
         else:
             self._write(line + "\n")
 
+    def on_train_end(self, logs=None):
+        self._erase()
+
+    def close(self) -> None:
+        """Blank a row left drawn by a run that raised mid-epoch (Keras calls no `on_train_end`
+        then), so the error message starts its own row."""
+        self._erase()
+
     def on_epoch_end(self, epoch, logs=None):
         self._erase()
         seconds = max(self._t_steps - self._t0, 1e-9)

@@ -112,12 +112,17 @@ class TrainingRun:
         if start < run.n_epochs:
             # StopOnNonFinite before EpochEnd: nothing of a diverged epoch is evaluated or saved;
             # Progress after it: its epoch line shows the evaluation.
+            progress = cb.Progress(spe, self.pipeline.bs, run.n_epochs)
             callbacks = [cb.StopOnNonFinite(),
                          cb.EpochEnd(trainer, evaluator, manager, state, run_log, self.out_dir,
                                      spe, self.pipeline.bs, run.n_epochs, run.eval_every),
-                         cb.Progress(spe, self.pipeline.bs, run.n_epochs)]
-            trainer.fit(self.batches(run.seed, start), epochs=run.n_epochs, initial_epoch=start,
-                        steps_per_epoch=spe, callbacks=callbacks, verbose=0)
+                         progress]
+            try:
+                trainer.fit(self.batches(run.seed, start), epochs=run.n_epochs,
+                            initial_epoch=start, steps_per_epoch=spe, callbacks=callbacks,
+                            verbose=0)
+            finally:
+                progress.close()
         result = {"best": float(state["best"].numpy()),
                   "best_epoch": int(state["best_epoch"].numpy()),
                   "selection": evaluator.selection_key, "workdir": run.workdir}
