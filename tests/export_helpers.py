@@ -35,11 +35,15 @@ def tiny_config(**kw):
 
 
 def make_workdir(path: str, seed: int = 1, metrics: list | None = None):
-    """A run folder as training leaves it: config.json + best.weights.h5 (+ metrics.jsonl)."""
+    """A run folder as training leaves it: config.json + best.weights.h5 (+ metrics.jsonl).
+    The same seed gives the same weights (the backbone included, as a training run seeds it)."""
+    import keras
+
     from diva_tf.model.network import build_embedding_model
 
     os.makedirs(path, exist_ok=True)
     cfg = tiny_config(seed=seed)
+    keras.utils.set_random_seed(seed)
     model = build_embedding_model(cfg, cfg.seed)
     cfg.save(os.path.join(path, "config.json"))
     model.save_weights(os.path.join(path, "best.weights.h5"))
