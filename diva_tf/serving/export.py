@@ -94,10 +94,14 @@ def read_manifest(version_dir: str) -> dict:
             raise ExportError(f"{path} is not valid JSON ({e}): re-export the model") from None
 
 
+# The files of a version that change with any re-export or new weights (read first by a load).
+IDENTITY_FILES = ("saved_model.pb", os.path.join("variables", "variables.index"))
+
+
 def fingerprint(version_dir: str) -> str:
     """sha256 over the graph and the variable index: changes with any re-export or new weights."""
     digest = hashlib.sha256()
-    for rel in ("saved_model.pb", os.path.join("variables", "variables.index")):
+    for rel in IDENTITY_FILES:
         with open(os.path.join(version_dir, rel), "rb") as f:
             digest.update(rel.encode() + b"\0" + f.read())
     return digest.hexdigest()

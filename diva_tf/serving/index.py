@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import sys
 
 import numpy as np
 
@@ -101,26 +100,31 @@ def embed_files(export, paths: list[str],
     image, so one bad file costs only itself."""
     import tensorflow as tf
 
-    encoded, failed = {}, {}
-    for i, path in enumerate(paths):
+    failed, kept, chunks = {}, [], []
+
+    def embed(batch: list) -> None:  # [(index, bytes)]
         try:
-            encoded[i] = read_bytes(path)
-        except OSError as e:
-            failed[i] = e.strerror or str(e)
-    readable = sorted(encoded)
-    kept, chunks = [], []
-    for start in range(0, len(readable), batch_size):
-        batch = readable[start:start + batch_size]
-        try:
-            chunks.append(export.embed_bytes([encoded[i] for i in batch]))
-            kept += batch
+            chunks.append(export.embed_bytes([data for _, data in batch]))
+            kept.extend(i for i, _ in batch)
         except tf.errors.InvalidArgumentError:
-            for i in batch:
+            for i, data in batch:
                 try:
-                    chunks.append(export.embed_bytes([encoded[i]]))
+                    chunks.append(export.embed_bytes([data]))
                     kept.append(i)
                 except tf.errors.InvalidArgumentError as e:
                     failed[i] = f"not a decodable image ({tf_reason(e.message)})"
+
+    batch = []  # files are read batch by batch: memory holds one batch of encoded images
+    for i, path in enumerate(paths):
+        try:
+            batch.append((i, read_bytes(path)))
+        except OSError as e:
+            failed[i] = e.strerror or str(e)
+        if len(batch) == batch_size:
+            embed(batch)
+            batch = []
+    if batch:
+        embed(batch)
     dim = export.manifest["embedding_dim"]
     embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
     return np.ascontiguousarray(embeddings, dtype=np.float32), kept, failed

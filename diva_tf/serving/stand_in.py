@@ -24,7 +24,6 @@ import base64
 import binascii
 import dataclasses
 import json
-import math
 import os
 import re
 import struct
@@ -39,7 +38,7 @@ from absl import logging
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from diva_tf.serving.export import list_versions
+from diva_tf.serving.export import IDENTITY_FILES, list_versions
 
 BANNER = ("LOCAL STAND-IN for TensorFlow Serving's REST API (tests/demos only); "
           "this is NOT TensorFlow Serving")
@@ -124,8 +123,6 @@ def parse_json_body(body: bytes) -> dict:
                           ) from None
     except json.JSONDecodeError as e:
         raise bad_request(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
-    except RecursionError:
-        raise bad_request(TOO_DEEP) from None
     except ValueError as e:  # e.g. an integer of more digits than Python converts
         raise bad_request(f"JSON Parse error: {e}") from None
     if not isinstance(doc, dict):
@@ -414,7 +411,7 @@ class LoadFailure:
 def files_stamp(version_dir: str) -> tuple:
     """(inode, mtime, size) of the files a load reads first; a re-export changes it."""
     stamp = []
-    for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
+    for name in IDENTITY_FILES:
         try:
             st = os.stat(os.path.join(version_dir, name))
             stamp.append((st.st_ino, st.st_mtime_ns, st.st_size))
@@ -552,7 +549,7 @@ class _Handler(BaseHTTPRequestHandler):
         except TimeoutError:
             self.close_connection = True
             status, reply = HTTPStatus.REQUEST_TIMEOUT, {"error": self._timeout_message("body")}
-        except RecursionError:
+        except RecursionError:  # JSON nested too deeply, in parsing or in walking it
             status, reply = HTTPStatus.BAD_REQUEST, {"error": TOO_DEEP}
         except Exception as e:  # noqa: BLE001 - a request must never kill the server
             status, reply = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(e).__name__}: {e}"}
