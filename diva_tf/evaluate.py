@@ -64,7 +64,7 @@ def workdir_target(workdir: str, checkpoint: str = "best") -> Target:
 
     model, cfg = load_model(workdir, checkpoint)
     weights = tuple(cfg.head_weights)
-    combos = [parse_weights(c, len(cfg.diva_features)) for c in cfg.eval_combinations] or [weights]
+    combos = cfg.combinations(cfg.diva_features) or [weights]
     embed = tf.function(lambda images: model(images, training=False))
     return Target(embed, cfg, weights, combos,
                   {"workdir": os.path.abspath(workdir), "checkpoint": checkpoint})
@@ -201,7 +201,7 @@ def target_from_flags(f) -> Target:
               else saved_model_target(f.saved_model, f.dataset))
     overrides = {"max_images": f.max_images}
     for name in ("dataset", "data_dir", "tfds_data_dir", "train_classes", "test_classes"):
-        if getattr(f, name, None) is not None:
+        if getattr(f, name) is not None:
             overrides[name] = getattr(f, name)
     if f.batch_size:
         overrides["eval_batch_size"] = f.batch_size

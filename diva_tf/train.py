@@ -14,13 +14,24 @@ import sys
 from absl import app
 
 from diva_tf.config import ConfigError
-from diva_tf.config.flags import config_from_flags, define_flags
-from diva_tf.config.run_folder import RESUMABLE_CHANGES, check_resume_compatible, check_workdir
+from diva_tf.config.flags import config_from_flags, define_flags, use_short_help
+from diva_tf.config.run_folder import check_resume_compatible
 from diva_tf.config.run_folder import train as run
 
-__all__ = ["RESUMABLE_CHANGES", "check_resume_compatible", "check_workdir", "main", "run"]
+__all__ = ["check_resume_compatible", "main", "run"]
+
+USAGE = """Train a DiVA model (several embedding heads learned together) into --workdir; rerunning
+the same command resumes the run.
+
+usage: python -m diva_tf.train --flagfile=configs/<name>.flags [--flag=value ...]
+       (flags after --flagfile override the file; start with configs/quickstart.flags)"""
+# The training flags a user sets, in the order --help lists them.
+KEY_FLAGS = ("dataset", "data_dir", "train_classes", "test_classes", "val_classes_fraction",
+             "workdir", "backbone", "backbone_weights", "diva_features", "n_epochs", "bs", "lr",
+             "eval_every")
 
 define_flags()
+use_short_help(USAGE, KEY_FLAGS)
 
 
 def main(argv):

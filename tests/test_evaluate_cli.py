@@ -141,7 +141,8 @@ def run_and_data(tmp_path_factory):
 
 def flags(**kw):
     defaults = dict(workdir=None, saved_model=None, checkpoint="best", dataset=None, data_dir=None,
-                    tfds_data_dir=None, max_images=0, batch_size=None)
+                    tfds_data_dir=None, train_classes=None, test_classes=None, max_images=0,
+                    batch_size=None)
     return types.SimpleNamespace(**{**defaults, **kw})
 
 

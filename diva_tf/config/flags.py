@@ -20,20 +20,9 @@ from diva_tf.config import Config
 FLAGS = flags.FLAGS
 _DEFINED = False
 
-TRAIN_USAGE = """Train a DiVA model (several embedding heads learned together) into --workdir; rerunning
-the same command resumes the run.
-
-usage: python -m diva_tf.train --flagfile=configs/<name>.flags [--flag=value ...]
-       (flags after --flagfile override the file; start with configs/quickstart.flags)"""
-# The training flags a user sets, in the order --help lists them.
-TRAIN_KEY_FLAGS = ("dataset", "data_dir", "train_classes", "test_classes", "val_classes_fraction",
-                   "workdir", "backbone", "backbone_weights", "diva_features", "n_epochs", "bs",
-                   "lr", "eval_every")
-
 
 def define_flags() -> None:
-    """Declare one absl flag per Config field, and the short --help of `python -m diva_tf.train`
-    (idempotent)."""
+    """Declare one absl flag per Config field (idempotent)."""
     global _DEFINED
     if _DEFINED:
         return
@@ -50,7 +39,6 @@ def define_flags() -> None:
             flags.DEFINE_list(f.name, [str(v) for v in default], help_text)
         else:
             flags.DEFINE_string(f.name, default, help_text)
-    use_short_help(TRAIN_USAGE, TRAIN_KEY_FLAGS)
     _DEFINED = True
 
 

@@ -23,6 +23,7 @@ from diva_tf.evaluation.options import EvaluationOptions
 from diva_tf.model.options import ModelOptions
 from diva_tf.objectives.options import ObjectiveOptions
 from diva_tf.training import workdir as wd
+from diva_tf.training.distribute import is_chief
 from diva_tf.training.options import OptimizerOptions, RunOptions
 
 # Fields that may change between a run and its resumption without changing what is trained.
@@ -51,11 +52,8 @@ def train(cfg: Config, splits=None) -> dict:
     """Train according to a validated cfg in cfg.workdir (resuming the run it holds); returns the
     final record (best selection metric and epoch). `splits` replaces the dataset of cfg (e.g.
     in-memory arrays); config.json then describes the run but not its data."""
-    from diva_tf.training.distribute import is_chief
-    from diva_tf.training.workdir import WorkdirLock
-
     chief = is_chief()
-    with WorkdirLock(cfg.workdir) if chief else contextlib.nullcontext():
+    with wd.WorkdirLock(cfg.workdir) if chief else contextlib.nullcontext():
         check_workdir(cfg)
         return _train(cfg, splits, chief)
 
@@ -68,8 +66,7 @@ def _train(cfg: Config, splits, chief: bool) -> dict:
     splits = data.load_splits(cfg) if splits is None else splits
     run = TrainingRun(splits, model=cfg, pipeline=cfg, objective=cfg, optimizer=cfg,
                       evaluation=cfg, run=cfg, dataset=cfg.dataset, chief=chief)
-    if chief:
-        os.makedirs(cfg.workdir, exist_ok=True)
+    if chief:  # the lock made the folder
         cfg.save(os.path.join(cfg.workdir, wd.CONFIG_FILE))
     return run.fit()
 

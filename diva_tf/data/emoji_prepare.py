@@ -174,15 +174,14 @@ def prepare_emoji(out: str, vendors=VENDORS, size: int = SOURCE_SIZE,
     start = time.time()
     os.makedirs(out, exist_ok=True)
     cache = npm_cache or os.environ.get(NPM_CACHE_ENV)
-    download = None if cache else tempfile.mkdtemp(prefix=".download-", dir=out)
+    folder = cache or tempfile.mkdtemp(prefix=".download-", dir=out)  # a kept cache, or deleted
     try:
-        tarballs = {v: find_tarball(cache or download, v) or npm_pack(v, cache or download)
-                    for v in vendors}
+        tarballs = {v: find_tarball(folder, v) or npm_pack(v, folder) for v in vendors}
         with ThreadPoolExecutor(max_workers=2) as pool:
             packages = dict(zip(vendors, pool.map(lambda v: read_package(tarballs[v], v), vendors)))
     finally:
-        if download:
-            shutil.rmtree(download, ignore_errors=True)
+        if not cache:
+            shutil.rmtree(folder, ignore_errors=True)
     selected = select_classes(packages)
     if not selected:
         raise DataError(f"no emoji has an image for every vendor of {vendors}")

@@ -39,8 +39,11 @@ def split_names(names: list[str], train: list[str], test: list[str]) -> tuple[li
     return train, test
 
 
+CLASS_TREE = "dataset folder with one sub-folder of images per class"
+
+
 def load(options):
-    root = require_dir(options.data_dir, "dataset folder with one sub-folder of images per class")
+    root = require_dir(options.data_dir, CLASS_TREE)
     names = list_class_dirs(root)
     if len(names) < 2 and not (options.train_classes or options.test_classes):
         raise DataError(f"{root}: found {len(names)} class folder(s); need at least 2 (one "
@@ -55,9 +58,10 @@ def load(options):
 def split_from_folder(root: str, classes=()) -> Split:
     """One split of the class folders under root (all, sorted; or `classes` in that order),
     unreadable image files skipped with a warning."""
-    root = require_dir(root, "dataset folder with one sub-folder of images per class")
-    names = list(classes) or list_class_dirs(root)
-    unknown = sorted(set(names) - set(list_class_dirs(root)))
+    root = require_dir(root, CLASS_TREE)
+    present = list_class_dirs(root)
+    names = list(classes) or present
+    unknown = sorted(set(names) - set(present))
     if unknown:
         raise DataError(f"{root}: no class folder(s) {unknown}")
     listed = require_images([(n, list_images(os.path.join(root, n))) for n in names], root)

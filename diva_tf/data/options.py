@@ -12,6 +12,8 @@ from diva_tf.data.datasets import DATASETS
 from diva_tf.data.errors import DataError
 from diva_tf.data.sampler import SAMPLERS, Sampler
 
+DEFAULT_EVAL_BATCH = 128  # images per batch when embedding an evaluation split
+
 
 @dataclass
 class DataOptions(Options):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import tensorflow as tf
 
 from diva_tf.data.augment import test_view, train_view
+from diva_tf.data.options import DEFAULT_EVAL_BATCH
 from diva_tf.data.source import image_source
 
 AUTOTUNE = tf.data.AUTOTUNE
-DEFAULT_EVAL_BATCH = 128  # --eval_batch_size's default
 
 
 def _element_seed(seed: int, epoch, position):

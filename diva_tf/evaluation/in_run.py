@@ -17,7 +17,7 @@ from diva_tf.data.options import PipelineOptions
 from diva_tf.evaluation.clustering import FAISS_DEFAULT_SEED
 from diva_tf.evaluation.combine import combination_name
 from diva_tf.evaluation.model_eval import embed_function, evaluate_split
-from diva_tf.evaluation.options import EvaluationOptions, published_head_weights
+from diva_tf.evaluation.options import EvaluationOptions, default_combinations
 
 
 class Evaluator:
@@ -29,9 +29,8 @@ class Evaluator:
                  dataset: str | None = None):
         self.heads = list(heads)
         self.pipeline, self.evaluation, self.dataset = pipeline, evaluation, dataset
-        self.combinations = evaluation.combinations(self.heads)
-        if not self.combinations and len(self.heads) > 1:
-            self.combinations = [published_head_weights(dataset, self.heads)]
+        self.combinations = (evaluation.combinations(self.heads)
+                             or default_combinations(dataset, self.heads))
         self.splits = {"test": splits.test}
         if splits.val is not None:
             self.splits["val"] = splits.val

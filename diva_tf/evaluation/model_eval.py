@@ -7,10 +7,10 @@ from __future__ import annotations
 import tensorflow as tf
 
 from diva_tf.data import eval_dataset
-from diva_tf.data.options import PipelineOptions
+from diva_tf.data.options import DEFAULT_EVAL_BATCH, PipelineOptions
 from diva_tf.evaluation.clustering import FAISS_DEFAULT_SEED
 from diva_tf.evaluation.embed import embed_dataset
-from diva_tf.evaluation.options import published_head_weights
+from diva_tf.evaluation.options import default_combinations
 from diva_tf.evaluation.suite import evaluate_embeddings
 
 
@@ -32,7 +32,7 @@ def evaluate_split(embed, split, heads, pipeline: PipelineOptions, batch_size: i
 
 def evaluate_model(model, split, pipeline: PipelineOptions | None = None, heads=None,
                    combinations=None, recall_k=None, n_clusters: int | None = None,
-                   dataset: str | None = None, batch_size: int = 128) -> dict:
+                   dataset: str | None = None, batch_size: int = DEFAULT_EVAL_BATCH) -> dict:
     """Scores of a DiVA embedding model (`build_embedding_model`, `DiVATrainer.embedder`) on a
     split: {name: {metric: value}} for each head and each head-weight combination.
 
@@ -43,6 +43,6 @@ def evaluate_model(model, split, pipeline: PipelineOptions | None = None, heads=
     pipeline = PipelineOptions() if pipeline is None else pipeline
     heads = list(model.output) if heads is None else list(heads)
     if combinations is None:
-        combinations = [published_head_weights(dataset, heads)] if len(heads) > 1 else []
+        combinations = default_combinations(dataset, heads)
     return evaluate_split(embed_function(model, pipeline.crop), split, heads, pipeline,
                           batch_size, combinations, recall_k, n_clusters, dataset)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from diva_tf.core.errors import ConfigError
 from diva_tf.core.options import NON_NEGATIVE, POSITIVE, Options, checked, option, require
+from diva_tf.data.options import DEFAULT_EVAL_BATCH
 from diva_tf.model.options import HEAD_NAMES
 
 EVAL_TEST = ("always", "val_improved")
@@ -24,6 +25,12 @@ def published_head_weights(dataset: str | None, heads) -> tuple:
     """Default test-time weights of `heads` for a dataset (spec 2.4; 1 for every head elsewhere)."""
     full = DEFAULT_HEAD_WEIGHTS.get(dataset, (1.0,) * len(HEAD_NAMES))
     return tuple(full[HEAD_NAMES.index(h)] for h in heads)
+
+
+def default_combinations(dataset: str | None, heads) -> list:
+    """The combinations evaluated when none are given: the published weights when there are
+    several heads, none for a single head."""
+    return [published_head_weights(dataset, heads)] if len(heads) > 1 else []
 
 
 def parse_weights(text: str, n_heads: int) -> tuple:
@@ -43,7 +50,7 @@ def parse_weights(text: str, n_heads: int) -> tuple:
 class EvaluationOptions(Options):
     """How a training run evaluates: its batch size, embeddings, cut-offs and test-split rule."""
 
-    eval_batch_size: int = option(128, "Batch size for embedding the evaluation splits.", POSITIVE)
+    eval_batch_size: int = option(DEFAULT_EVAL_BATCH, "Batch size for embedding the evaluation splits.", POSITIVE)
     eval_combinations: list = option([], "Head-weight combinations to evaluate, e.g. "
                                      "'0.5,1,1,1' (default: the dataset's published weights).")
     eval_test: str = option("always", "always: evaluate the test split at every evaluation | "

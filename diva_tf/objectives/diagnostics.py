@@ -19,8 +19,16 @@ DANCE_STATISTICS = ("dance_positive_logit", "dance_negative_logit", "dance_max_n
                     "dance_zero_loss_fraction")
 
 
+CORRELATION_PREFIX = "correlation_"
+
+
 def correlation_name(source: str, target: str) -> str:
-    return f"correlation_{source}_{target}"
+    return f"{CORRELATION_PREFIX}{source}_{target}"
+
+
+def is_statistic(name: str) -> bool:
+    """A logged diagnostic of this module, not a loss term."""
+    return name in DANCE_STATISTICS or name.startswith(CORRELATION_PREFIX)
 
 
 def dance_statistics(queries, keys, queue, temperature, lower_cutoff, upper_cutoff, fixed, weighted):

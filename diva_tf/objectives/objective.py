@@ -36,7 +36,7 @@ class DiVAObjective(keras.layers.Layer):
         self.head_dims = {h: int(head_dims[h]) for h in self.heads}
         heads = self.heads
         spec = losses.DISCRIMINATIVE_LOSSES[options.loss]
-        self.discriminative_loss = spec.build(**options.loss_args())
+        self.discriminative_loss = spec.build(**spec.args_from(options))
         self.margin = options.loss_margin_margin
         self.lower_cutoff = options.miner_distance_lower_cutoff
         self.alpha = {"selfsimilarity": options.diva_alpha_ssl,

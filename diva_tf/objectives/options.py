@@ -149,7 +149,3 @@ class ObjectiveOptions(TaskWeights, DecorrelationOptions, DanceOptions, Discrimi
         require(self.diva_combined_loss == 0 or len(heads) > 1,
                 "--diva_combined_loss needs at least two heads in --diva_features")
         DecorrelationOptions.check_heads(self, heads)
-
-    def loss_args(self) -> dict:
-        """The build arguments of the --loss entry of DISCRIMINATIVE_LOSSES."""
-        return DISCRIMINATIVE_LOSSES[self.loss].args_from(self)

@@ -73,11 +73,6 @@ class EpochEnd(keras.callbacks.Callback):
         self.manager.save(checkpoint_number=done)
 
 
-def _is_statistic(name: str) -> bool:
-    """A logged diagnostic (diva_tf.objectives.diagnostics), not a loss term."""
-    return name in diagnostics.DANCE_STATISTICS or name.startswith("correlation_")
-
-
 class NonFiniteLoss(FloatingPointError):
     """A loss term (or, after an epoch's last update, a weight) became NaN or inf."""
 
@@ -106,7 +101,8 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         bad = {k: float(np.mean(v)) for k, v in (logs or {}).items() if not np.all(np.isfinite(v))}
-        terms = sorted((k for k in bad if not _is_statistic(k)), key=lambda k: k == "loss")  # sum last
+        terms = sorted((k for k in bad if not diagnostics.is_statistic(k)),
+                       key=lambda k: k == "loss")  # the sum last
         if terms:
             stats = len(bad) - len(terms)
             self._stop(f"step {batch + 1}", "loss " + ", ".join(f"{k}={bad[k]}" for k in terms)
@@ -175,7 +171,7 @@ def summary_line(epoch: int, n_epochs: int, logs: dict, seconds: float,
     values = {k: float(np.mean(v)) for k, v in (logs or {}).items()}
     selected = {k[len(SELECTED):]: v for k, v in values.items() if k.startswith(SELECTED)}
     names = [k for k in values if k not in ("loss", SELECTED_IMPROVED)
-             and not k.startswith(SELECTED) and not _is_statistic(k)]
+             and not k.startswith(SELECTED) and not diagnostics.is_statistic(k)]
     order = list(SHORT_TERMS)
     names.sort(key=lambda k: order.index(k) if k in order else len(order))
     terms = [f"{SHORT_TERMS.get(k, k)} {values[k]:.3g}" for k in names]
