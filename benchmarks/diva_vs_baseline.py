@@ -189,9 +189,13 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def is_complete(records: list[dict], epochs: int) -> bool:
+    """The run's metrics reach its last epoch with test metrics."""
+    return any(r.get("epoch") == epochs and any(k.startswith("test/") for k in r) for r in records)
+
+
 def finished(workdir: str, epochs: int) -> bool:
-    return any(r.get("epoch") == epochs and any(k.startswith("test/") for k in r)
-               for r in read_metrics(workdir))
+    return is_complete(read_metrics(workdir), epochs)
 
 
 def row_flags(a, row: str) -> list[str]:
@@ -301,12 +305,13 @@ def collect(a, row: str, seeds: list[int]) -> tuple[list[dict], list]:
     src = "diva_published" if row == "random_heads" else row
     per_seed, walls = [], []
     for seed in seeds:
-        if not finished(run_dir(a, src, seed), a.epochs):
+        workdir = run_dir(a, src, seed)
+        metrics = read_metrics(workdir)
+        if not is_complete(metrics, a.epochs):
             continue
         check_same_settings(a, src, seed)
-        metrics = read_metrics(run_dir(a, src, seed))
         per_seed.append({**(untrained(metrics) if row == "random_heads" else select(metrics)), "seed": seed})
-        t = os.path.join(run_dir(a, src, seed), "wall_time.json")
+        t = os.path.join(workdir, "wall_time.json")
         if row == "random_heads":
             walls.append(None)
         else:

@@ -26,6 +26,7 @@ and with the fused inference BN, timed in alternating blocks.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -126,10 +127,9 @@ def _evaluator(cfg, splits):
         from diva_tf.evaluation.in_run import Evaluator
     except ImportError:  # a --baseline revision from before the move into diva_tf.evaluation
         from diva_tf.evaluator import Evaluator
-    try:
-        return Evaluator(splits, cfg.diva_features, cfg, cfg, cfg.dataset)
-    except AttributeError:  # Evaluator(cfg, splits)
+    if "cfg" in inspect.signature(Evaluator).parameters:  # Evaluator(cfg, splits)
         return Evaluator(cfg, splits)
+    return Evaluator(splits, cfg.diva_features, cfg, cfg, cfg.dataset)
 
 
 def _fit_seconds(cfg, num_classes: int, steps: int, repeats: int, dataset) -> float:

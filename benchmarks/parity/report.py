@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 
-from benchmarks.diva_vs_baseline import mean_std, primary_name, read_metrics, select
+from benchmarks.diva_vs_baseline import HEADS, mean_std, primary_name, read_metrics, select
+from benchmarks.parity.run import ROWS
 
-ROWS = {"baseline": "discriminative", "diva": "diva_published"}
 IMPLEMENTATIONS = ("diva_tf", "original")
-HEADS = ("discriminative", "selfsimilarity", "shared", "intra")
 TERMS = ("loss", "discriminative", "selfsimilarity", "shared", "intra", "decorrelation")
 DANCE = ("dance_positive_logit", "dance_negative_logit", "dance_max_negative_logit",
          "dance_zero_loss_fraction")
@@ -92,20 +91,21 @@ def summary(runs: dict) -> dict:
             "last_test_recall@1": mean_std([p["last"]["recall@1"] for p in per_seed.values()])}
 
 
-def gaps(runs: dict) -> dict:
-    """DiVA minus baseline test R@1 at the selected and at the last epoch: paired by seed where
-    both rows have the seed, and as the difference of the row means."""
+def gaps(sums: dict) -> dict:
+    """DiVA minus baseline test R@1 at the selected and at the last epoch, from the rows'
+    `summary`s: paired by seed where both rows have the seed, and as the difference of the row
+    means."""
+    if set(sums) != set(ROWS):
+        return {}
+    d, b = sums["diva"]["per_seed"], sums["baseline"]["per_seed"]
+    seeds = sorted(set(d) & set(b))
     out = {}
-    sums = {row: summary(runs[row]) for row in ROWS if runs[row]}
-    if len(sums) < 2:
-        return out
-    for when, field in (("selected", "selected"), ("last", "last")):
-        d, b = sums["diva"]["per_seed"], sums["baseline"]["per_seed"]
-        paired = [d[s][field]["recall@1"] - b[s][field]["recall@1"] for s in sorted(set(d) & set(b))]
-        means = [sum(x[field]["recall@1"] for x in v.values()) / len(v) for v in (d, b)]
-        out[when] = {"paired_mean_std": mean_std(paired), "paired": paired,
-                     "seeds": sorted(set(d) & set(b)), "difference_of_means": means[0] - means[1],
-                     "epochs": {row: {s: v[field]["epoch"] for s, v in sums[row]["per_seed"].items()}
+    for when in ("selected", "last"):
+        paired = [d[s][when]["recall@1"] - b[s][when]["recall@1"] for s in seeds]
+        means = [sum(x[when]["recall@1"] for x in v.values()) / len(v) for v in (d, b)]
+        out[when] = {"paired_mean_std": mean_std(paired), "paired": paired, "seeds": seeds,
+                     "difference_of_means": means[0] - means[1],
+                     "epochs": {row: {s: v[when]["epoch"] for s, v in sums[row]["per_seed"].items()}
                                 for row in ROWS}}
     return out
 
@@ -122,6 +122,7 @@ def build(runs_dir: str, diva_tf_runs: str) -> dict:
             "original": {row: load_runs(runs_dir, row) for row in ROWS}}
     out = {"sources": {"diva_tf": os.path.relpath(diva_tf_runs), "original": os.path.relpath(runs_dir)},
            "rows": {}, "gaps": {}, "val_gap_by_epoch": {}}
+    sums = {impl: {row: summary(r) for row, r in runs[impl].items() if r} for impl in IMPLEMENTATIONS}
     for row in ROWS:
         entry = {impl: {"seeds": sorted(runs[impl][row]),
                         "epochs_done": {s: max(r["epoch"] for r in rec)
@@ -131,10 +132,10 @@ def build(runs_dir: str, diva_tf_runs: str) -> dict:
             entry["range_checks"] = {k: range_check(runs["diva_tf"][row], runs["original"][row], k)
                                      for k in series_keys(row)}
             for impl in IMPLEMENTATIONS:
-                entry[impl]["summary"] = summary(runs[impl][row])
+                entry[impl]["summary"] = sums[impl][row]
         out["rows"][row] = entry
     for impl in IMPLEMENTATIONS:
-        out["gaps"][impl] = gaps(runs[impl])
+        out["gaps"][impl] = gaps(sums[impl])
         if all(runs[impl].values()):
             out["val_gap_by_epoch"][impl] = val_gap_by_epoch(runs[impl])
     return out, runs

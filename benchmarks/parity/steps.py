@@ -28,8 +28,7 @@ import zlib
 import numpy as np
 
 from benchmarks.parity import official, tf_side
-
-TERMS = ("loss", "discriminative", "selfsimilarity", "shared", "intra", "decorrelation")
+from benchmarks.parity.report import TERMS
 
 
 # ---- the original's state under the canonical names of tf_side.canonical_variables -----------
