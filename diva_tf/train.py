@@ -13,7 +13,7 @@ import sys
 
 from absl import app
 
-from diva_tf.config import ConfigError
+from diva_tf.core.errors import DivaError
 from diva_tf.config.flags import config_from_flags, define_flags, use_short_help
 from diva_tf.config.run_folder import check_resume_compatible
 from diva_tf.config.run_folder import train as run
@@ -42,7 +42,7 @@ def main(argv):
 
     try:
         run(config_from_flags())
-    except (ConfigError, DataError, BackboneError, FloatingPointError) as e:
+    except (DivaError, DataError, BackboneError, FloatingPointError) as e:
         # FloatingPointError: callbacks.NonFiniteLoss, a loss term that became NaN or inf.
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,9 +1,12 @@
-"""`python -m diva_tf.train` end to end: outputs, exact resume after SIGKILL, multi-worker."""
+"""`python -m diva_tf.train` end to end: outputs, exact resume after SIGKILL (several workers:
+test_multiworker.py)."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -156,18 +159,94 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_two_local_workers_train_with_tf_config(folder_data, tmp_path):
-    workdir = str(tmp_path / "mw")
-    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = []
-    for i in range(2):
-        env = {**ENV, "TF_CONFIG": json.dumps({"cluster": {"worker": hosts},
-                                               "task": {"type": "worker", "index": i}})}
-        procs.append(_train(_flags(folder_data, workdir, strategy="auto", n_epochs=1, steps_per_epoch=2),
-                            env=env))
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out
-    assert "2 replica(s)" in outs[0]
-    assert [r["epoch"] for r in _records(workdir)] == [0, 1]
+def test_a_rerun_before_the_first_checkpoint_logs_epoch_0_once(folder_data, full_run, tmp_path):
+    """A run killed before its first checkpoint has written only epoch 0's record: the rerun starts
+    over and logs every epoch once, with the numbers of a run never interrupted."""
+    workdir = str(tmp_path / "early")
+    os.makedirs(workdir)
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(os.path.join(full_run[0], name), workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps(_records(full_run[0])[0]) + "\n")
+    p = run_train(_flags(folder_data, workdir))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [r["epoch"] for r in _records(workdir)] == [0, 1, 2, 3]
+    for a, b in zip(_records(workdir)[1:], _records(full_run[0])[1:]):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
+
+
+def _flip_byte(path):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("damage", [_flip_byte, _truncate], ids=["flipped_byte", "truncated"])
+@pytest.mark.parametrize("part", ["data-00000-of-00001", "index"])
+def test_a_damaged_latest_checkpoint_resumes_from_the_one_before(folder_data, full_run, tmp_path,
+                                                                 damage, part):
+    workdir = str(tmp_path / "damaged")
+    shutil.copytree(full_run[0], workdir)
+    damage(os.path.join(workdir, "checkpoints", f"ckpt-3.{part}"))
+    p = run_train(_flags(folder_data, workdir))
+    assert p.returncode == 0, p.stdout + p.stderr
+    warnings = [line for line in p.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "ckpt-3 cannot be read" in warnings[0], p.stderr
+    assert "resuming from ckpt-2" in warnings[0]
+    assert "Traceback" not in p.stderr
+    # Set aside, not deleted; epoch 3 trained again equals the original epoch 3.
+    assert os.path.exists(os.path.join(workdir, "checkpoints", "damaged", f"ckpt-3.{part}"))
+    resumed, full = _records(workdir), _records(full_run[0])
+    assert [r["epoch"] for r in resumed] == [0, 1, 2, 3]
+    assert resumed[3]["train/loss"] == pytest.approx(full[3]["train/loss"], rel=1e-5)
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_is_refused_in_one_line(folder_data, full_run,
+                                                                         tmp_path):
+    workdir = str(tmp_path / "ruined")
+    shutil.copytree(full_run[0], workdir)
+    for index in glob.glob(os.path.join(workdir, "checkpoints", "*.index")):
+        _truncate(index)
+    p = run_train(_flags(folder_data, workdir))
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        f"error: no checkpoint in {os.path.join(workdir, 'checkpoints')} can be read"), p.stderr
+    assert "Traceback" not in p.stderr
+    assert len(glob.glob(os.path.join(workdir, "checkpoints", "*.index"))) == 3  # nothing moved
+
+
+def _one_line_error(args: list, module: str) -> str:
+    p = subprocess.run([sys.executable, "-m", module, *args], env=ENV, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    return p.stderr.strip().splitlines()[-1]
+
+
+def test_a_garbage_config_json_is_one_line_in_train_and_evaluate(folder_data, full_run, tmp_path):
+    workdir = str(tmp_path / "garbage")
+    shutil.copytree(full_run[0], workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write('{"lr": 0.001, "bs"')
+    line = _one_line_error(_flags(folder_data, workdir), "diva_tf.train")
+    assert line.startswith(f"error: {os.path.join(workdir, 'config.json')} is not a diva_tf config")
+    line = _one_line_error([f"--workdir={workdir}"], "diva_tf.evaluate")
+    assert "config.json is not a diva_tf config" in line
+
+
+def test_truncated_weights_are_one_line_in_evaluate_and_export(full_run, tmp_path):
+    workdir = str(tmp_path / "truncated")
+    shutil.copytree(full_run[0], workdir)
+    _truncate(os.path.join(workdir, "best.weights.h5"))
+    line = _one_line_error([f"--workdir={workdir}"], "diva_tf.evaluate")
+    assert "best.weights.h5 cannot be read" in line, line
+    line = _one_line_error([f"--workdir={workdir}", f"--export_dir={tmp_path / 'export'}"],
+                           "diva_tf.export")
+    assert "best.weights.h5 cannot be read" in line, line

@@ -64,8 +64,11 @@ class Config(RunOptions, EvaluationOptions, OptimizerOptions, ObjectiveOptions, 
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def save(self, path: str) -> None:
-        with open(path, "w") as f:
+        """Write then rename: a crash never leaves a half-written config.json."""
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
@@ -79,5 +82,16 @@ class Config(RunOptions, EvaluationOptions, OptimizerOptions, ObjectiveOptions, 
     def load(cls, path: str) -> "Config":
         if not os.path.exists(path):
             raise ConfigError(f"no config at {path}: is this a diva_tf workdir?")
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not a diva_tf config ({type(e).__name__}: {e}); restore "
+                              "it or use another folder") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{path} is not a diva_tf config (a JSON {type(saved).__name__}, "
+                              "not an object); restore it or use another folder")
+        try:
+            return cls.from_dict(saved)
+        except TypeError as e:
+            raise ConfigError(f"{path} is not a diva_tf config ({e})") from None

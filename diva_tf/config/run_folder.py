@@ -115,7 +115,12 @@ def load_model(workdir: str, checkpoint: str = "best") -> tuple["keras.Model", C
         raise ConfigError(f"{workdir} has no trained weights ({checkpoint}.weights.h5); "
                           "has the run finished an epoch?")
     model = build_embedding_model(cfg, cfg.seed, weights="none")
-    model.load_weights(path)
+    try:
+        model.load_weights(path)
+    except Exception as e:  # noqa: BLE001 - h5py and Keras report a damaged file in many types
+        reason = " ".join(str(e).split())[:160]
+        raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {reason}); the run's "
+                          "other weights file or its checkpoints may be intact") from None
     return model, cfg
 
 

@@ -3,7 +3,9 @@
 Every entry point calls `quiet_third_party()` first thing, before TensorFlow is imported:
 
 - TensorFlow's C++ INFO and WARNING lines (cpu_feature_guard, "GeneratorDatasetOp ... will not be
-  optimized"): TF_CPP_MIN_LOG_LEVEL=2, unless the user set it (its errors still show).
+  optimized"): TF_CPP_MIN_LOG_LEVEL=2, unless the user set it (its errors still show). In a
+  multi-worker run (TF_CONFIG names several tasks) 3: a lost peer makes every collective op log
+  its abort in C++ before the error reaches diva_tf, which reports it in one line.
 - Two lines TensorFlow 2.21 prints while it is imported whatever TF_CPP_MIN_LOG_LEVEL says (absl's
   "All log messages before absl::InitializeLog() ..." and the oneDNN INFO notice): dropped from
   what the import writes to stderr, every other line of it is written through; not done at
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -46,13 +49,21 @@ def quiet_third_party() -> None:
         tensorflow = importlib.util.find_spec("tensorflow")  # its folder, without importing it
         if tensorflow is not None and tensorflow.submodule_search_locations:
             absl.addFilter(InfoFrom(tensorflow.submodule_search_locations[0]))
-    os.environ.setdefault(TF_LOG_LEVEL, "2")
+    os.environ.setdefault(TF_LOG_LEVEL, "3" if _cluster_tasks() > 1 else "2")
     if (os.environ[TF_LOG_LEVEL].strip() not in ("", "0") and "tensorflow" not in sys.modules
             and not any(isinstance(f, _QuietImport) for f in sys.meta_path)):
         sys.meta_path.insert(0, _QuietImport("tensorflow"))
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     absl_logging.get_absl_handler().setFormatter(PlainFormatter())
+
+
+def _cluster_tasks() -> int:
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+        return sum(len(v) for v in cluster.values() if isinstance(v, list))
+    except (ValueError, AttributeError):
+        return 0
 
 
 class PlainFormatter(logging.Formatter):

@@ -17,12 +17,16 @@ from absl import logging
 
 from diva_tf.objectives import diagnostics
 from diva_tf.training import workdir as wd
+from diva_tf.training.distribute import replica_disagreement
 from diva_tf.training.run_log import RunLog
 
 
+REPLICA_DISAGREEMENT = "replicas/weight_disagreement"
+
+
 class EpochEnd(keras.callbacks.Callback):
-    """After each epoch: evaluate (every `eval_every` epochs and at the last), log, save weights,
-    then checkpoint."""
+    """After each epoch: evaluate (every `eval_every` epochs and at the last), check that the
+    replicas agree, log, save weights, then checkpoint."""
 
     def __init__(self, trainer, evaluator, manager: tf.train.CheckpointManager, state: dict,
                  run_log: RunLog, out_dir: str, steps_per_epoch: int, batch_size: int,
@@ -54,6 +58,13 @@ class EpochEnd(keras.callbacks.Callback):
             record["lr_heads"] = float(self.trainer.optimizers["heads"].learning_rate)
         for task, beta in self.trainer.objective.betas.items():
             record[f"beta_mean/{task}"] = float(np.mean(beta.numpy()))
+        strategy = self.trainer.distribute_strategy
+        if strategy.num_replicas_in_sync > 1:
+            # 0 when every replica, on every worker, holds the same weights (measured each epoch).
+            record[REPLICA_DISAGREEMENT] = replica_disagreement(strategy, self.trainer.weights)
+            if record[REPLICA_DISAGREEMENT]:
+                logging.warning("epoch %d: the replicas' weights differ (%s = %g)", done,
+                                REPLICA_DISAGREEMENT, record[REPLICA_DISAGREEMENT])
         improved = False
         if self._due(done):
             scores = self.evaluator(self.trainer.embedder, force_test=done == self.n_epochs)

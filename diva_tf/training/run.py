@@ -6,13 +6,16 @@ tf.distribute strategy, and counts the steps per epoch (nothing is written yet).
 builds the trainer under the strategy's scope, restores the folder's last checkpoint (resuming a
 run), fills the key queue and evaluates the untrained network at epoch 0, and trains with `fit` and
 the run's callbacks (progress, stop on a non-finite loss, end-of-epoch evaluation + log + weights +
-checkpoint). The chief writes the run folder (`RunOptions.workdir`); other workers write to scratch
-folders inside it. Locking the folder and recording the configuration are the caller's.
+checkpoint). The chief writes the run folder (`RunOptions.workdir`); every worker resumes from its
+checkpoints (the same one, checked), and the others write what they must to a scratch folder
+outside it, removed when they end. A worker lost mid-run stops the others with one line
+(`WorkerLost`). Locking the folder and recording the configuration are the caller's.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import keras
 import tensorflow as tf
@@ -27,7 +30,8 @@ from diva_tf.model.options import ModelOptions
 from diva_tf.objectives.options import ObjectiveOptions
 from diva_tf.training import callbacks as cb
 from diva_tf.training import workdir as wd
-from diva_tf.training.distribute import make_strategy
+from diva_tf.training.checkpoints import check_same_everywhere, restore_newest, set_aside
+from diva_tf.training.distribute import make_strategy, num_workers, scratch_dir, worker_lost
 from diva_tf.training.options import OptimizerOptions, RunOptions
 from diva_tf.training.run_log import RunLog
 from diva_tf.training.trainer import DiVATrainer
@@ -57,8 +61,7 @@ class TrainingRun:
         self.steps_per_epoch = pipeline.sampler(run.seed, run.steps_per_epoch).steps(
             len(splits.train.labels))
         self.num_classes = int(splits.train.labels.max()) + 1
-        self.out_dir = (run.workdir if chief
-                        else os.path.join(run.workdir, f"worker_scratch_{os.getpid()}"))
+        self.out_dir = run.workdir if chief else scratch_dir(run.workdir)
 
     def batches(self, seed: int, start_epoch: int = 0):
         """The training split's two-view batches (`train_dataset`) with this run's epoch length."""
@@ -75,8 +78,17 @@ class TrainingRun:
         return trainer
 
     def fit(self) -> dict:
-        """Train (resuming from the run folder's last checkpoint); returns the best selection
-        metric, its epoch and the run folder."""
+        """Train (resuming from the run folder's newest readable checkpoint); returns the best
+        selection metric, its epoch and the run folder."""
+        if self.chief:
+            return self._fit()
+        shutil.rmtree(self.out_dir, ignore_errors=True)  # left by a killed run of this worker
+        try:
+            return self._fit()
+        finally:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+
+    def _fit(self) -> dict:
         run, spe = self.run, self.steps_per_epoch
         os.makedirs(self.out_dir, exist_ok=True)
         logging.info("%s: %d train images / %d classes, %d test images, %d steps/epoch, %d "
@@ -90,18 +102,45 @@ class TrainingRun:
                                                name="best_epoch")}
             optimizers = {f"optimizer_{k}": v for k, v in trainer.optimizers.items()}
             ckpt = tf.train.Checkpoint(trainer=trainer, **state, **optimizers)
+        try:
+            self._train(trainer, state, ckpt)
+        except tf.errors.OpError as e:
+            if num_workers() < 2:
+                raise
+            saved = int(state["epoch"].numpy())
+            raise worker_lost(e, saved + 1, saved) from None
+        result = {"best": float(state["best"].numpy()),
+                  "best_epoch": int(state["best_epoch"].numpy()),
+                  "selection": self.evaluator.selection_key, "workdir": run.workdir}
+        logging.info("done: best %s = %.4f at epoch %d", result["selection"], result["best"],
+                     result["best_epoch"])
+        return result
+
+    def _resume(self, ckpt) -> None:
+        """Restore the chief's newest readable checkpoint (every worker reads the run folder's);
+        with several workers, refuse unless all restored the same one."""
+        directory = os.path.join(self.run.workdir, wd.CHECKPOINT_DIR)
+        restored, damaged = restore_newest(ckpt, directory)
+        if num_workers() > 1:
+            check_same_everywhere(self.strategy, restored, directory)
+        if damaged and self.chief:
+            set_aside(damaged, restored)
+        if restored:
+            logging.info("resumed from %s (epoch %d)", restored, int(ckpt.epoch.numpy()))
+
+    def _train(self, trainer, state, ckpt) -> None:
+        run, spe = self.run, self.steps_per_epoch
+        self._resume(ckpt)
         manager = tf.train.CheckpointManager(ckpt, os.path.join(self.out_dir, wd.CHECKPOINT_DIR),
                                              max_to_keep=run.keep_checkpoints)
         run_log = RunLog(os.path.join(self.out_dir, wd.METRICS_FILE),
                          os.path.join(self.out_dir, wd.TENSORBOARD_DIR) if self.chief else None)
-        evaluator = Evaluator(self.splits, self.model.diva_features, self.pipeline,
-                              self.evaluation, self.dataset)
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            logging.info("resumed from %s (epoch %d)", manager.latest_checkpoint,
-                         int(state["epoch"].numpy()))
+        evaluator = self.evaluator = Evaluator(self.splits, self.model.diva_features,
+                                               self.pipeline, self.evaluation, self.dataset)
         start = int(state["epoch"].numpy())
-        run_log.truncate_after(start)
+        # Records of epochs after the checkpoint are a killed run's; before the first checkpoint
+        # that includes epoch 0's, which is evaluated again below.
+        run_log.truncate_after(start if start > 0 else -1)
         if start == 0:
             if trainer.use_keys:
                 trainer.fill_queue(self.batches(run.seed + QUEUE_SEED_OFFSET))
@@ -123,9 +162,4 @@ class TrainingRun:
                             verbose=0)
             finally:
                 progress.close()
-        result = {"best": float(state["best"].numpy()),
-                  "best_epoch": int(state["best_epoch"].numpy()),
-                  "selection": evaluator.selection_key, "workdir": run.workdir}
-        logging.info("done: best %s = %.4f at epoch %d", result["selection"], result["best"],
-                     result["best_epoch"])
-        return result
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from diva_tf.model.backbones.batchnorm import synchronize_batchnorm
 from diva_tf.model.network import build_embedding_model, head_variables
 from diva_tf.model.options import ModelOptions
 from diva_tf.objectives.objective import DiVAObjective
@@ -91,6 +92,10 @@ class DiVATrainer(keras.Model):
         self.momentum = float(objective.diva_moco_momentum)
         self.n_key_batches = int(objective.diva_moco_n_key_batches)
         self.embedder = build_embedding_model(model, seed)
+        if not self.frozen_bn and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            # Replica-local batch statistics would differ from one device's and let the replicas'
+            # moving statistics drift apart (Keras keeps each replica's own update).
+            synchronize_batchnorm(self.embedder)
         self.objective = DiVAObjective(model.dims, num_classes, objective, seed)
         self.objective.build()
         self.use_keys = "selfsimilarity" in model.diva_features

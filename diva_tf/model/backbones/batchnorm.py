@@ -1,4 +1,5 @@
-"""Inference-mode BatchNormalization as one fused op.
+"""BatchNormalization as DiVA trains it: inference mode as one fused op, and synchronised
+statistics when BN trains on several replicas.
 
 Keras computes inference BN as `x * a + b` (two passes over the activation, and under mixed
 precision a cast to float32 and back); its gradient is a Mul plus two Sum reductions. DiVA calls
@@ -44,4 +45,15 @@ def fuse_inference_batchnorm(model: keras.Model) -> keras.Model:
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if type(layer) is keras.layers.BatchNormalization:
             layer.__class__ = FusedInferenceBatchNormalization
+    return model
+
+
+def synchronize_batchnorm(model: keras.Model) -> keras.Model:
+    """Make every BatchNormalization layer of `model` normalise with the statistics of the global
+    batch across replicas (Keras's `synchronized=True`), in place; returns `model`. With several
+    replicas and BN in training mode this gives one device's forward pass on the whole batch, and
+    every replica the same moving statistics. Variables and weight files are unchanged."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
     return model
