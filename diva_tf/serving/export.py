@@ -26,7 +26,7 @@ Signatures:
 - `serve_images`: `images` float32 [n, crop, crop, 3] in 0..255 -> the model, with NO resize or
   crop: the caller must pass images already transformed as above.
 Both return `embedding` (heads weighted by the baked-in head weights, concatenated and
-re-normalised, spec 2.4) and each head's unit-norm embedding under the head's name.
+re-normalised, algorithm.md 2.4) and each head's unit-norm embedding under the head's name.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Margin loss with learnable per-class beta (Wu et al. 2017), DiVA's `criteria/margin.py` (spec 4.1)."""
+"""Margin loss with learnable per-class beta (Wu et al. 2017), DiVA's `criteria/margin.py` (algorithm.md 4.1)."""
 
 import tensorflow as tf
 

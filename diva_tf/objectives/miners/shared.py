@@ -1,4 +1,4 @@
-"""DiVA's shared-task miner, `--diva_sharing random` (spec 4.3): distance sampling on shuffled labels."""
+"""DiVA's shared-task miner, `--diva_sharing random` (algorithm.md 4.3): distance sampling on shuffled labels."""
 
 import tensorflow as tf
 
