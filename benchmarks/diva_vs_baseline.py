@@ -449,14 +449,24 @@ def table(results: dict, a) -> str:
     return "\n".join(lines)
 
 
+def repo_path(path: str) -> str:
+    """path relative to the repository when inside it (what the results record, so that they name
+    no folder of this machine), else absolute."""
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full, REPO)
+    return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.gap_eval:
         gap_eval(a, a.gap_eval)
         return 0
     a.runs_dir = a.runs_dir or os.path.join(a.out, "runs", a.name or a.dataset)
-    a.data_dir, a.out, a.runs_dir = (os.path.abspath(a.data_dir), os.path.abspath(a.out),
-                                   os.path.abspath(a.runs_dir))
+    a.data_dir, a.out, a.runs_dir = (repo_path(a.data_dir), repo_path(a.out),
+                                   repo_path(a.runs_dir))
+    a.readme = a.readme and os.path.abspath(a.readme)
+    os.chdir(REPO)  # where the training runs are started, so repository paths stay relative
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     rows = [r for r in a.rows.split(",") if r]
     unknown = sorted(set(rows) - set(ROWS))
