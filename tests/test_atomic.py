@@ -108,13 +108,9 @@ from diva_tf.core import atomic
 kind, path, point = sys.argv[1:]
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
-if point == "swap":
-    real_rename = os.rename
-    def rename(src, dst):
-        if os.path.basename(src).startswith(".tmp-"):
-            die()
-        real_rename(src, dst)
-    os.rename = rename
+if point == "swap":  # killed after the old folder is moved aside, before the new one moves in
+    rename = os.rename
+    os.rename = lambda src, dst: die() if os.path.basename(src).startswith(".tmp-") else rename(src, dst)
 if kind == "file":
     with atomic.atomic_file(path) as f:
         f.write("half of the new")

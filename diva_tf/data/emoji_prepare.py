@@ -184,7 +184,7 @@ def prepare_emoji(out: str, vendors=VENDORS, size: int = SOURCE_SIZE,
                 "unified": e["unified"], "name": e.get("name"), "category": e["category"],
                 "sort_order": e["sort_order"], "image": e["image"]} for e in selected]
 
-    with atomic_folder(os.path.join(out, IMAGES)) as tmp_root:
+    with atomic_folder(os.path.join(out, IMAGES), durable=False) as tmp_root:  # no fsync per image
         _write_images(classes, packages, size, tmp_root)
         if os.path.exists(os.path.join(out, MANIFEST)):  # the folder is complete once it has one
             os.remove(os.path.join(out, MANIFEST))

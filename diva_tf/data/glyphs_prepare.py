@@ -390,7 +390,7 @@ def prepare_glyphs(out: str, n_classes: int = DEFAULT_CLASSES, size: int = DEFAU
                         f"{len(coverage)} or drop a font with small coverage")
     renderers = {s.name: Renderer(resolved[s.name]["path"], s.face, size) for s in specs}
 
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, durable=False) as tmp:  # data that can be made again: no fsync per file
         chosen, rejected = choose_and_render(coverage, renderers, n_classes, tmp)
         width = max(4, len(str(n_classes)))
         fonts_info = []
