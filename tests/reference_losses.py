@@ -65,7 +65,7 @@ def intra_triplet_probabilities(labels):
 
 
 def margin_loss(x, labels, beta, triplets, margin=0.2):
-    """Spec 4.1 with triplets as a list of (a, p, n)."""
+    """algorithm.md 4.1 with triplets as a list of (a, p, n)."""
     x = np.asarray(x, np.float64)
     total, active = 0.0, 0
     for a, p, n in triplets:
@@ -103,7 +103,7 @@ def dance_weights(queries, queue, lower=0.5, upper=1.4, fixed=False):
 
 def dance_loss(queries, keys, queue, tau, lower=0.5, upper=1.4, fixed=False, weighted=True,
                weight_queries=None):
-    """Spec 4.5; `weight_queries` (default: queries) feeds only the weights, to freeze them in FD."""
+    """algorithm.md 4.5; `weight_queries` (default: queries) feeds only the weights, to freeze them in FD."""
     queries, keys, queue = (np.asarray(v, np.float64) for v in (queries, keys, queue))
     b, m = len(queries), len(queue)
     w = (dance_weights(queries if weight_queries is None else weight_queries, queue, lower, upper, fixed)

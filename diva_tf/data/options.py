@@ -44,7 +44,7 @@ class PipelineOptions(Options):
     crop: int = option(224, "Crop size for training views and test centre crop.", POSITIVE)
     cache_images: bool = option(True, "Cache decoded images in memory when they fit.")
     realistic_augmentation: bool = option(False, "Key-encoder view through the colour pipeline "
-                                          "(crop, grayscale p 0.2, colour jitter 0.4, flip; spec "
+                                          "(crop, grayscale p 0.2, colour jitter 0.4, flip; algorithm.md "
                                           "3.3); off in every sample run.")
     realistic_main_augmentation: bool = option(False, "Main view (every loss) through the colour "
                                                "pipeline too (algorithm.md 3.3); off in every sample run.")

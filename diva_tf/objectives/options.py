@@ -76,7 +76,7 @@ class DecorrelationOptions(Options):
                                           "differs; the original silently dropped extras).",
                                           NON_NEGATIVE)
     diva_decorrelations: list = option([], "Explicit decorrelation directions 'source-target' "
-                                       "(default: DiVA's rule for the configured heads, spec "
+                                       "(default: DiVA's rule for the configured heads, algorithm.md "
                                        "4.6).")
     diva_decorrnet_dim: int = option(512, "Hidden size of the decorrelation regressors.", POSITIVE)
 
