@@ -11,7 +11,7 @@ steps per epoch, epoch count, learning rate and seeds:
   gap                      ImageNet global-average-pooled features (1280-d, L2-normalised), no training
   random_heads             epoch 0 of the DiVA runs: ImageNet features through randomly initialised heads
   discriminative           one 512-d head, margin loss + distance-weighted sampling
-  diva_published           four 128-d heads with the sample runs' loss settings (spec 6.2, CUB):
+  diva_published           four 128-d heads with the sample runs' loss settings (algorithm.md 6.2, CUB):
                            rho 1500 x 3, alphas 0.3, DaNCE temperature 0.01
   diva_aux                 four 128-d heads, DaNCE temperature 0.1, and a class margin loss on every
                            auxiliary head (--diva_aux_discriminative=1): chosen on seed-0
@@ -19,7 +19,7 @@ steps per epoch, epoch count, learning rate and seeds:
   diva_chosen              four 128-d heads with the flags of --chosen (default: the configuration
                            with the best validation R@1 over 3 seeds; see the README)
   diva                     four 128-d heads + decorrelation (aux -> discriminative, rho --rho each)
-  diva_rho1500             the same with the spec's rho 1500
+  diva_rho1500             the same with the original's rho 1500
   diva_no_selfsimilarity   DiVA without the DaNCE head   (shared, intra -> discriminative)
   diva_no_shared           DiVA without the shared head  (selfsimilarity, intra -> discriminative)
   diva_no_intra            DiVA without the intra head   (selfsimilarity, shared -> discriminative)
@@ -93,7 +93,7 @@ ROWS = {
     "diva": ("DiVA (4x128 + decorrelation, rho --rho)",
              ["--diva_features=" + ",".join(HEADS),
               "--diva_rho_decorrelation={rho},{rho},{rho}"]),
-    "diva_rho1500": ("DiVA, rho 1500 (spec default)",
+    "diva_rho1500": ("DiVA, rho 1500 (original default)",
                      ["--diva_features=" + ",".join(HEADS),
                       "--diva_rho_decorrelation=1500,1500,1500"]),
     "diva_no_selfsimilarity": ("DiVA without selfsimilarity (3x128)", _ablation("selfsimilarity")),
@@ -132,7 +132,7 @@ def parse_args(argv=None):
     p.add_argument("--image_size", type=int, default=64, help="resize = crop (64 = native)")
     p.add_argument("--val_fraction", type=float, default=0.15)
     p.add_argument("--rho", type=float, default=150.0, help="rho of every decorrelation direction of "
-                   "the diva and diva_no_* rows (150: chosen on validation; the spec's 1500 is the "
+                   "the diva and diva_no_* rows (150: chosen on validation; the original's 1500 is the "
                    "diva_rho1500 row)")
     p.add_argument("--moco_n_key_batches", type=int, default=10)
     p.add_argument("--extra", default="", help="further train flags for every trained row, "
@@ -449,14 +449,24 @@ def table(results: dict, a) -> str:
     return "\n".join(lines)
 
 
+def repo_path(path: str) -> str:
+    """path relative to the repository when inside it (what the results record, so that they name
+    no folder of this machine), else absolute."""
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full, REPO)
+    return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.gap_eval:
         gap_eval(a, a.gap_eval)
         return 0
     a.runs_dir = a.runs_dir or os.path.join(a.out, "runs", a.name or a.dataset)
-    a.data_dir, a.out, a.runs_dir = (os.path.abspath(a.data_dir), os.path.abspath(a.out),
-                                   os.path.abspath(a.runs_dir))
+    a.data_dir, a.out, a.runs_dir = (repo_path(a.data_dir), repo_path(a.out),
+                                   repo_path(a.runs_dir))
+    a.readme = a.readme and os.path.abspath(a.readme)
+    os.chdir(REPO)  # where the training runs are started, so repository paths stay relative
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     rows = [r for r in a.rows.split(",") if r]
     unknown = sorted(set(rows) - set(ROWS))

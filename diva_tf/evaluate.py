@@ -1,4 +1,4 @@
-"""Evaluate a trained DiVA model on the test split of its dataset (spec 7), or on every class of
+"""Evaluate a trained DiVA model on the test split of its dataset (algorithm.md 7), or on every class of
 it (`--classes=all`, e.g. a user's own folder of images): every head alone and every weighted head
 combination, with Recall@k, NMI, F1, mAP@C, MAP@R and R-precision.
 
@@ -18,7 +18,7 @@ neighbour ties are broken by index, so a run is deterministic.
 
 Defaults: combinations are --eval_combinations, else the run's configured combinations, else the
 model's head weights (the dataset's published ones, or the exported manifest's). n_clusters is the
-number of training classes of the dataset's split rule (spec 7.2; a validation carve-out does not
+number of training classes of the dataset's split rule (algorithm.md 7.2; a validation carve-out does not
 change the test split, and its classes count as training classes here); with --classes=all, the
 number of classes evaluated. --max_images caps every
 split as the training flag does (quick runs), so it also lowers that class count.

@@ -1,6 +1,6 @@
 """Independent numpy references for diva_tf.objectives.miners and diva_tf.objectives.losses.
 
-Written from the spec (sections 4.1-4.6) and the cited original code with explicit Python loops,
+Written from docs/algorithm.md (sections 4.1-4.6) and the cited original code with explicit Python loops,
 deliberately not vectorised like the TF code, in float64. Used only by the tests.
 """
 
@@ -39,7 +39,7 @@ def sphere_log_weight(d, dim):
 
 
 def negative_probabilities(x, labels, lower_cutoff=0.5):
-    """q_ij of spec 4.2 step 4, one row per anchor; zero rows where an anchor has no negative."""
+    """q_ij of algorithm.md 4.2 step 4, one row per anchor; zero rows where an anchor has no negative."""
     n, dim = x.shape
     dist = pairwise_distances(x)
     q = np.zeros((n, n))
@@ -54,7 +54,7 @@ def negative_probabilities(x, labels, lower_cutoff=0.5):
 
 
 def intra_triplet_probabilities(labels):
-    """{(a, p, n): probability} of one intra-class triplet (spec 4.4)."""
+    """{(a, p, n): probability} of one intra-class triplet (algorithm.md 4.4)."""
     classes = sorted(set(labels))
     probs = {}
     for c in classes:
@@ -65,7 +65,7 @@ def intra_triplet_probabilities(labels):
 
 
 def margin_loss(x, labels, beta, triplets, margin=0.2):
-    """Spec 4.1 with triplets as a list of (a, p, n)."""
+    """algorithm.md 4.1 with triplets as a list of (a, p, n)."""
     x = np.asarray(x, np.float64)
     total, active = 0.0, 0
     for a, p, n in triplets:
@@ -81,7 +81,7 @@ def margin_loss(x, labels, beta, triplets, margin=0.2):
 
 
 def dance_weights(queries, queue, lower=0.5, upper=1.4, fixed=False):
-    """W of spec 4.5 step 4, straight from fast_moco.py but in float64 (1e-45 clamp as float32 2^-149)."""
+    """W of algorithm.md 4.5 step 4, straight from fast_moco.py but in float64 (1e-45 clamp as float32 2^-149)."""
     queries, queue = np.asarray(queries, np.float64), np.asarray(queue, np.float64)
     b, dim = queries.shape
     m = len(queue)
@@ -103,7 +103,7 @@ def dance_weights(queries, queue, lower=0.5, upper=1.4, fixed=False):
 
 def dance_loss(queries, keys, queue, tau, lower=0.5, upper=1.4, fixed=False, weighted=True,
                weight_queries=None):
-    """Spec 4.5; `weight_queries` (default: queries) feeds only the weights, to freeze them in FD."""
+    """algorithm.md 4.5; `weight_queries` (default: queries) feeds only the weights, to freeze them in FD."""
     queries, keys, queue = (np.asarray(v, np.float64) for v in (queries, keys, queue))
     b, m = len(queries), len(queue)
     w = (dance_weights(queries if weight_queries is None else weight_queries, queue, lower, upper, fixed)

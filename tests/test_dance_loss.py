@@ -1,4 +1,4 @@
-"""DaNCE (spec 4.5): distance-weighted MoCo loss, its weights and the FIFO key queue."""
+"""DaNCE (algorithm.md 4.5): distance-weighted MoCo loss, its weights and the FIFO key queue."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Augmentation (spec 3.3): the random-resized-crop box against torchvision's algorithm and its
+"""Augmentation (algorithm.md 3.3): the random-resized-crop box against torchvision's algorithm and its
 bounds, the flip, output shapes/dtypes/range, RGB decoding, and the test view against PIL."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The samplers against their sampling law (spec 3.2), epoch length, and determinism.
+"""The samplers against their sampling law (algorithm.md 3.2), epoch length, and determinism.
 
 Statistical checks use fixed seeds (so they are not flaky) and bounds at about 4 standard
 deviations (chi-square via the Wilson-Hilferty approximation, binomial via the normal one)."""

@@ -1,4 +1,4 @@
-"""Dataset layouts and split rules (spec 3.1), validation carve-out, debug cap, bad inputs."""
+"""Dataset layouts and split rules (algorithm.md 3.1), validation carve-out, debug cap, bad inputs."""
 
 from __future__ import annotations
 

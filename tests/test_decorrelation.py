@@ -1,4 +1,4 @@
-"""Decorrelation by adversarial separation (spec 4.6) and the combined DiVA objective (spec 4.7)."""
+"""Decorrelation by adversarial separation (algorithm.md 4.6) and the combined DiVA objective (algorithm.md 4.7)."""
 
 import math
 
@@ -121,7 +121,7 @@ def test_directions_loss_sums_the_directions_of_its_rhos():
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_combined_objective_forward_backward_in_tf_function(jit):
-    """All four tasks plus three decorrelation terms on four unit-norm heads (spec 4.7)."""
+    """All four tasks plus three decorrelation terms on four unit-norm heads (algorithm.md 4.7)."""
     b, dim, m, classes = 8, 16, 24, 4
     rng = np.random.default_rng(4)
     heads = ("discriminative", "selfsimilarity", "shared", "intra")

@@ -39,7 +39,7 @@ def _normalize(x):
 
 def test_scores_match_a_numpy_recomputation(setup):
     """A fixed random projection per head as the embedder; every split's per-head and combined
-    Recall@k / MAP@R recomputed in numpy (combination: normalize(concat(w_i * e_i)), spec 2.4)."""
+    Recall@k / MAP@R recomputed in numpy (combination: normalize(concat(w_i * e_i)), algorithm.md 2.4)."""
     cfg, splits = setup
     heads = list(cfg.diva_features)
     rng = np.random.default_rng(0)
@@ -88,7 +88,7 @@ def test_val_improved_embeds_the_test_split_only_when_selection_could_pick_the_e
 
 
 def test_validation_k_means_uses_the_validation_class_count(setup):
-    """Hand-worked: validation is 1 class x 4 images. With the training-class count (4, spec 7.2's
+    """Hand-worked: validation is 1 class x 4 images. With the training-class count (4, algorithm.md 7.2's
     rule for the test split) k-means would put every image in its own cluster (NMI 0, F1 0 by the
     sklearn conventions, whatever the embedding); with k = 1 class all four share one cluster, so
     NMI = F1 = 1. The test split keeps the training-class count (3 train + 1 val classes)."""

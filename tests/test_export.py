@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import textwrap
 
@@ -88,6 +89,22 @@ def test_failure_mid_export_publishes_nothing(trained, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export.export_model(model, cfg, base)
     assert os.listdir(base) == ["1"] and export.list_versions(base) == [1]
+
+
+def test_every_exported_file_is_readable_by_other_users(trained, tmp_path):
+    """TF Serving may run as another user: under umask 022 a version is 0755 folders and 0644
+    files (tempfile's folders would be 0700)."""
+    _, model, cfg = trained
+    old = os.umask(0o022)
+    try:
+        version = export.export_model(model, cfg, str(tmp_path / "diva"))
+    finally:
+        os.umask(old)
+    paths = [version] + [os.path.join(d, n) for d, dirs, files in os.walk(version)
+                         for n in dirs + files]
+    modes = {os.path.relpath(p, version): stat.S_IMODE(os.stat(p).st_mode) for p in paths}
+    assert len(modes) > 4 and modes == {os.path.relpath(p, version): 0o755 if os.path.isdir(p)
+                                        else 0o644 for p in paths}
 
 
 def test_half_written_folders_are_not_versions(tmp_path):

@@ -1,4 +1,4 @@
-"""Margin loss with per-class beta (spec 4.1)."""
+"""Margin loss with per-class beta (algorithm.md 4.1)."""
 
 import math
 

@@ -159,7 +159,7 @@ def test_combine_heads_matches_numpy():
     out = combine_heads(embs, ["a", "b", "c"], weights)
     assert out.dtype == np.float32 and out.shape == (10, 12)
     np.testing.assert_allclose(out, expected, atol=1e-6)
-    # squared distances are the w^2-weighted per-head squared distances (spec 2.4)
+    # squared distances are the w^2-weighted per-head squared distances (algorithm.md 2.4)
     d = lambda x: ((x[0] - x[1]) ** 2).sum()  # noqa: E731
     per_head = sum(w * w * d(embs[h]) for h, w in zip("abc", weights)) / sum(w * w for w in weights)
     assert d(out) == pytest.approx(per_head, rel=1e-5)

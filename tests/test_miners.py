@@ -1,4 +1,4 @@
-"""Miners (spec 4.2-4.4): distance-weighted, shared (permuted labels) and intra-class triplets."""
+"""Miners (algorithm.md 4.2-4.4): distance-weighted, shared (permuted labels) and intra-class triplets."""
 
 import itertools
 import math
@@ -37,7 +37,7 @@ def _plane_points(distances):
     return np.array(pts)
 
 
-# ---- distance-weighted miner (spec 4.2) ------------------------------------------------------------
+# ---- distance-weighted miner (algorithm.md 4.2) ----------------------------------------------------
 
 def test_pairwise_distances_match_numpy():
     x = ref.unit_rows(np.random.default_rng(0), 7, 5)
@@ -148,7 +148,7 @@ def test_distance_miner_ignores_embedding_gradients():
     assert trip[0].dtype == trip[1].dtype == trip[2].dtype == tf.int32 and trip[3].dtype == tf.float32
 
 
-# ---- shared miner (spec 4.3) -----------------------------------------------------------------------
+# ---- shared miner (algorithm.md 4.3) ---------------------------------------------------------------
 
 def test_permute_labels_is_a_permutation():
     labels = tf.constant([0, 0, 1, 1, 2, 2, 7, 9])
@@ -189,7 +189,7 @@ def test_shared_triplets_use_beta_of_the_true_label():
     assert got == pytest.approx(ref.margin_loss(x, labels, beta, triplets), rel=1e-10)
 
 
-# ---- intra-class miner (spec 4.4) ------------------------------------------------------------------
+# ---- intra-class miner (algorithm.md 4.4) ----------------------------------------------------------
 
 def test_intra_miner_distribution_classes_uniform_and_draws_with_replacement():
     """Classes {5: 4 samples, 7: 2, 9: 2} are each chosen 1/3 of the time (not by sample count); the

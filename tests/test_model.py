@@ -1,4 +1,4 @@
-"""Embedding model (spec 2): head init, normalisation, frozen BN, input normalisation."""
+"""Embedding model (algorithm.md 2): head init, normalisation, frozen BN, input normalisation."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The summed DiVA objective (spec 4.7): which terms exist for which heads, and their weights."""
+"""The summed DiVA objective (algorithm.md 4.7): which terms exist for which heads, and their weights."""
 
 import numpy as np
 import pytest

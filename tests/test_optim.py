@@ -1,4 +1,4 @@
-"""Optimizer groups and schedules (spec 5.1): coupled L2 Adam, per-epoch step decay, cosine."""
+"""Optimizer groups and schedules (algorithm.md 5.1): coupled L2 Adam, per-epoch step decay, cosine."""
 
 import keras
 import numpy as np

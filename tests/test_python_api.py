@@ -43,7 +43,7 @@ def example(tmp_path_factory):
 
 def combined_test_embedding(model, ns):
     """The test split through the evaluation view and `model`, heads concatenated with equal
-    weights and re-normalised (spec 2.4), computed here with numpy."""
+    weights and re-normalised (algorithm.md 2.4), computed here with numpy."""
     images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in
                            ns["diva_tf"].eval_dataset(ns["splits"].test, ns["pipeline"])])
     out = model(np.concatenate(images), training=False)

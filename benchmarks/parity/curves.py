@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from benchmarks.parity import official, tf_side
+from diva_tf.core.atomic import atomic_file, atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -40,11 +41,9 @@ def read_records(path: str) -> list[dict]:
 
 
 def write_records(path: str, records: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_file(path) as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
 
 
 class CurveRun:
@@ -77,9 +76,8 @@ class CurveRun:
                         "torch": self.torch.get_rng_state()}}
 
     def save(self, done: int) -> None:
-        tmp = self.ckpt_path + ".tmp"
-        self.torch.save(self.state(done), tmp)
-        os.replace(tmp, self.ckpt_path)
+        with atomic_path(self.ckpt_path) as tmp:
+            self.torch.save(self.state(done), tmp)
 
     def restore(self) -> None:
         g, c = self.g, self.checkpoint

@@ -57,7 +57,7 @@ def parse_args(argv=None):
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--runs_dir", default=os.path.join(RESULTS, "runs"),
                    help="metrics.jsonl / config go here (committed)")
-    s.add_argument("--state_dir", default="/work/parity_runs",
+    s.add_argument("--state_dir", default="runs/parity_state",
                    help="checkpoints and the original's own logs (not committed)")
 
     s = with_official("speed", "train-step time, original vs diva_tf, alternating blocks")

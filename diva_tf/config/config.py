@@ -4,7 +4,7 @@
 `DataOptions` and `PipelineOptions` (diva_tf.data), `ModelOptions` (diva_tf.model),
 `ObjectiveOptions` (diva_tf.objectives), `EvaluationOptions` (diva_tf.evaluation),
 `OptimizerOptions` and `RunOptions` (diva_tf.training). Every hyperparameter is declared once, in
-its group, with the default of `diva_spec.md` section 6 (where the tool deviates, the field's help
+its group, with the default of docs/algorithm.md section 6 (where the tool deviates, the field's help
 says so); a Config is an instance of every group, so it can be handed to anything that takes one.
 `diva_tf.config.flags` turns the fields into absl flags, so a flag and its field cannot drift
 apart. Every numeric field declares the `Range` it accepts (a numeric field without one fails at
@@ -42,12 +42,12 @@ class Config(RunOptions, EvaluationOptions, OptimizerOptions, ObjectiveOptions, 
 
     @property
     def head_weights(self) -> tuple:
-        """Default test-time weights for the configured heads (spec 2.4)."""
+        """Default test-time weights for the configured heads (algorithm.md 2.4)."""
         return published_head_weights(self.dataset, self.diva_features)
 
     @property
     def decorrelation_directions(self) -> list:
-        """(source, target) pairs decorrelated by the regressors (spec 4.6)."""
+        """(source, target) pairs decorrelated by the regressors (algorithm.md 4.6)."""
         return self.directions(self.diva_features)
 
     def validate(self) -> "Config":

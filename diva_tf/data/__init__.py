@@ -1,5 +1,5 @@
-"""Data: class-disjoint splits of the supported datasets (spec 3.1), the class-balanced samplers
-(spec 3.2), augmentation (spec 3.3) and the tf.data pipelines the trainer and evaluator use; their
+"""Data: class-disjoint splits of the supported datasets (algorithm.md 3.1), the class-balanced samplers
+(algorithm.md 3.2), augmentation (algorithm.md 3.3) and the tf.data pipelines the trainer and evaluator use; their
 option groups (`options.py`: `DataOptions`, `PipelineOptions`).
 
 The pipelines are imported on first use, so `python -m diva_tf.data.prepare` and split loading

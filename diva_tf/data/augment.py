@@ -1,4 +1,4 @@
-"""Image transforms of spec 3.3 with stateless random ops, so a view depends only on its seed
+"""Image transforms of algorithm.md 3.3 with stateless random ops, so a view depends only on its seed
 (reproducible, and independent of tf.data parallelism). Outputs are float32 RGB in 0..255: the
 backbone-specific normalisation lives in the model.
 

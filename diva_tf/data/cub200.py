@@ -1,5 +1,5 @@
 """CUB200-2011 from the official folder: `images/NNN.Name/*.jpg`; classes sorted by the numeric
-prefix, first half (100) train, second half test (spec 3.1)."""
+prefix, first half (100) train, second half test (algorithm.md 3.1)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`load_splits(options)`: the dataset of `DataOptions` (--dataset) as class-disjoint train /
 (val) / test splits.
 
-Order of operations: the dataset's split rule (spec 3.1), the optional validation carve-out from
+Order of operations: the dataset's split rule (algorithm.md 3.1), the optional validation carve-out from
 the end of the training classes, the --max_images debug cap, then the readability check of image
 files (unreadable ones skipped with one warning).
 """

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from absl import logging
 from PIL import Image
 
+from diva_tf.core.atomic import atomic_file, atomic_folder
 from diva_tf.data.emoji import IMAGES, MANIFEST, MANIFEST_FORMAT, read_manifest
 from diva_tf.data.errors import DataError
 
@@ -152,13 +153,6 @@ def _write_images(classes: list[dict], packages: dict, size: int, root: str) -> 
         list(pool.map(write, jobs))
 
 
-def _write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def prepare_emoji(out: str, vendors=VENDORS, size: int = SOURCE_SIZE,
                   npm_cache: str | None = None) -> tuple[dict, bool]:
     """Prepare (or find already prepared) the emoji folder; returns (manifest, did_work)."""
@@ -190,18 +184,16 @@ def prepare_emoji(out: str, vendors=VENDORS, size: int = SOURCE_SIZE,
                 "unified": e["unified"], "name": e.get("name"), "category": e["category"],
                 "sort_order": e["sort_order"], "image": e["image"]} for e in selected]
 
-    root, tmp_root = os.path.join(out, IMAGES), os.path.join(out, f"{IMAGES}.tmp")
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    _write_images(classes, packages, size, tmp_root)
-    if os.path.exists(os.path.join(out, MANIFEST)):
-        os.remove(os.path.join(out, MANIFEST))
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp_root, root)
+    with atomic_folder(os.path.join(out, IMAGES), durable=False) as tmp_root:  # no fsync per image
+        _write_images(classes, packages, size, tmp_root)
+        if os.path.exists(os.path.join(out, MANIFEST)):  # the folder is complete once it has one
+            os.remove(os.path.join(out, MANIFEST))
     manifest = {"format": MANIFEST_FORMAT, "dataset": "emoji", "vendors": vendors, "size": size,
                 "packages": {v: os.path.basename(t) for v, t in tarballs.items()},
                 "dropped_categories": list(DROP_CATEGORIES), "num_classes": len(classes),
                 "classes": [{k: v for k, v in c.items() if k != "image"} for c in classes]}
-    _write_json(os.path.join(out, MANIFEST), manifest)
+    with atomic_file(os.path.join(out, MANIFEST)) as f:
+        json.dump(manifest, f, indent=1)
     logging.info("emoji: %d classes x %d vendors written to %s in %.1f s", len(classes),
                  len(vendors), out, time.time() - start)
     return manifest, True

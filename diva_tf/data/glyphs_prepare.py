@@ -29,7 +29,6 @@ import json
 import logging as pylogging
 import os
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw, ImageFont
 
+from diva_tf.core.atomic import atomic_folder
 from diva_tf.data.errors import DataError
 from diva_tf.data.imagefiles import cache_dir as diva_cache_dir
 
@@ -123,15 +123,11 @@ def extract_deb(deb: str, cache: str) -> str:
     """dpkg-deb -x the package once into cache/extracted/<deb name>; the folder."""
     dest = os.path.join(cache, "extracted", os.path.basename(deb)[:-len(".deb")])
     if not os.path.isdir(dest):
-        tmp = f"{dest}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        proc = subprocess.run(["dpkg-deb", "-x", deb, tmp], capture_output=True, text=True)
-        if proc.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"dpkg-deb -x {deb} failed: {proc.stderr.strip()[-200:]}; delete the "
-                            "file to download it again")
-        os.replace(tmp, dest)
+        with atomic_folder(dest, durable=False) as tmp:
+            proc = subprocess.run(["dpkg-deb", "-x", deb, tmp], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise DataError(f"dpkg-deb -x {deb} failed: {proc.stderr.strip()[-200:]}; delete "
+                                "the file to download it again")
     return dest
 
 
@@ -363,18 +359,6 @@ def check_replaceable(out: str) -> None:
         raise DataError(f"--out={out} exists and is not a folder")
 
 
-def _swap_in(tmp: str, out: str) -> None:
-    """Rename the finished tmp folder to out, replacing an earlier glyphs folder (only that)."""
-    check_replaceable(out)
-    if os.path.exists(out):
-        trash = f"{out}.old{os.getpid()}"
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def prepare_glyphs(out: str, n_classes: int = DEFAULT_CLASSES, size: int = DEFAULT_SIZE,
                    fonts=DEFAULT_FONTS, cache: str | None = None,
                    fonts_dir: str | None = None) -> tuple[dict, bool]:
@@ -406,12 +390,7 @@ def prepare_glyphs(out: str, n_classes: int = DEFAULT_CLASSES, size: int = DEFAU
                         f"{len(coverage)} or drop a font with small coverage")
     renderers = {s.name: Renderer(resolved[s.name]["path"], s.face, size) for s in specs}
 
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with atomic_folder(out, durable=False) as tmp:  # data that can be made again: no fsync per file
         chosen, rejected = choose_and_render(coverage, renderers, n_classes, tmp)
         width = max(4, len(str(n_classes)))
         fonts_info = []
@@ -427,9 +406,7 @@ def prepare_glyphs(out: str, n_classes: int = DEFAULT_CLASSES, size: int = DEFAU
                                  "char": chr(cp)} for k, cp in enumerate(chosen, 1)]}
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1, ensure_ascii=False)
-        _swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        check_replaceable(out)  # again: out may have changed while the glyphs were rendered
     logging.info("glyphs: %d classes x %d fonts (of %d common characters) written to %s in %.1f s",
                  len(chosen), len(specs), len(coverage), out, time.time() - start)
     return manifest, True

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from absl import logging
 from PIL import Image
 
+from diva_tf.core.atomic import atomic_file
 from diva_tf.data.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -96,11 +97,8 @@ def _read_cache(path: str) -> dict:
 
 def _write_cache(path: str, files: dict) -> None:
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
+        with atomic_file(path) as f:
             json.dump({"version": _CHECK_VERSION, "files": files}, f)
-        os.replace(tmp, path)
     except OSError as e:
         logging.debug("image check cache not written (%s)", e)
 

@@ -17,7 +17,7 @@ DEFAULT_EVAL_BATCH = 128  # images per batch when embedding an evaluation split
 
 @dataclass
 class DataOptions(Options):
-    """The dataset and its class-disjoint splits (spec 3.1); `load_splits` reads them."""
+    """The dataset and its class-disjoint splits (algorithm.md 3.1); `load_splits` reads them."""
 
     dataset: str = option("emoji", "Dataset: " + " | ".join(DATASETS) + " (folder = --data_dir "
                           "with one sub-folder of images per class; see docs/data.md).",
@@ -37,17 +37,17 @@ class DataOptions(Options):
 
 @dataclass
 class PipelineOptions(Options):
-    """Class-balanced batches (spec 3.2) of two augmented views (spec 3.3), and the evaluation
+    """Class-balanced batches (algorithm.md 3.2) of two augmented views (algorithm.md 3.3), and the evaluation
     view; `train_dataset` and `eval_dataset` build the tf.data pipelines from them."""
 
-    resize: int = option(256, "Test-time resize of the shorter side (spec 3.3).", POSITIVE)
+    resize: int = option(256, "Test-time resize of the shorter side (algorithm.md 3.3).", POSITIVE)
     crop: int = option(224, "Crop size for training views and test centre crop.", POSITIVE)
     cache_images: bool = option(True, "Cache decoded images in memory when they fit.")
     realistic_augmentation: bool = option(False, "Key-encoder view through the colour pipeline "
-                                          "(crop, grayscale p 0.2, colour jitter 0.4, flip; spec "
+                                          "(crop, grayscale p 0.2, colour jitter 0.4, flip; algorithm.md "
                                           "3.3); off in every sample run.")
     realistic_main_augmentation: bool = option(False, "Main view (every loss) through the colour "
-                                               "pipeline too (spec 3.3); off in every sample run.")
+                                               "pipeline too (algorithm.md 3.3); off in every sample run.")
     bs: int = option(112, "Global batch size B = classes-per-batch x samples_per_class.", POSITIVE)
     samples_per_class: int = option(2, "Images drawn per class draw.", POSITIVE)
     data_sampler: str = option("class_random", " | ".join(SAMPLERS))

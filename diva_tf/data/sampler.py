@@ -1,4 +1,4 @@
-"""Mini-batch samplers (spec 3.2) as pure numpy: the batches of epoch e depend only on
+"""Mini-batch samplers (algorithm.md 3.2) as pure numpy: the batches of epoch e depend only on
 (seed, e), so a run resumed at epoch e sees exactly the batches it would have seen.
 
 - `class_random` (DiVA): each batch makes B / samples_per_class class draws, uniformly WITH

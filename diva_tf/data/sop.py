@@ -1,6 +1,6 @@
 """Stanford Online Products from its official lists `Ebay_train.txt` / `Ebay_test.txt` (header
 `image_id class_id super_class_id path`); a class is a class_id, classes in class_id order,
-labels class_id - 1 remapped to 0..C-1 within each split (spec 3.1)."""
+labels class_id - 1 remapped to 0..C-1 within each split (algorithm.md 3.1)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Class-disjoint splits: the common representation every dataset loader produces, and the pure
-class-list transforms (half split, validation carve-out, debug cap) of spec 3.1.
+class-list transforms (half split, validation carve-out, debug cap) of algorithm.md 3.1.
 
 Loaders describe a split as a `ClassList`: `(class name, images)` pairs in split-rule order, where
 an image is a file path (str) or its encoded bytes. `split_from_arrays` makes a split of in-memory

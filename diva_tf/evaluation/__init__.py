@@ -1,4 +1,4 @@
-"""Evaluation of DiVA embeddings (spec 2.4 and 7): exact faiss retrieval, Recall@k, NMI, F1,
+"""Evaluation of DiVA embeddings (algorithm.md 2.4 and 7): exact faiss retrieval, Recall@k, NMI, F1,
 mAP@C, MAP@R, R-precision; test-time head combination; embedding a split; reports.
 
 numpy and faiss only (TensorFlow is imported only by `combine_heads_tf` and by the Progbar of

@@ -1,4 +1,4 @@
-"""Clustering metrics (spec 7.2): faiss k-means on the embeddings, then NMI and pairwise F1 of the
+"""Clustering metrics (algorithm.md 7.2): faiss k-means on the embeddings, then NMI and pairwise F1 of the
 cluster assignment against the class labels.
 
 k-means as DiVA runs it: 20 iterations, min_points_per_centroid = 1, no subsampling

@@ -1,4 +1,4 @@
-"""Test-time combination of heads (spec 2.4): e = normalize(concat(w_1 * phi_1, ..., w_n * phi_n)).
+"""Test-time combination of heads (algorithm.md 2.4): e = normalize(concat(w_1 * phi_1, ..., w_n * phi_n)).
 
 Every head is unit-norm, so the combined squared distance is sum_i w_i^2 |phi_i(x) - phi_i(y)|^2
 divided by sum_i w_i^2: the weights act squared on the per-head distances. This module is the one

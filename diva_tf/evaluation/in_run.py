@@ -3,7 +3,7 @@ embedder, score each head and the weighted combinations, and name the selection 
 
 Model selection uses R@1 of the primary embedding (the dataset's published head weights, or the
 first --eval_combinations entry) on the validation split when one is carved from the training
-classes, else on the test split as DiVA does (spec 7.1).
+classes, else on the test split as DiVA does (algorithm.md 7.1).
 
 With a validation split and `--eval_test=val_improved`, the test split is embedded only when some
 embedding's validation R@1 beats its best so far (and when asked, e.g. at the last epoch): every
@@ -34,7 +34,7 @@ class Evaluator:
         self.splits = {"test": splits.test}
         if splits.val is not None:
             self.splits["val"] = splits.val
-        # Test k-means: the number of training classes (spec 7.2), counted before any validation
+        # Test k-means: the number of training classes (algorithm.md 7.2), counted before any validation
         # carve-out so the numbers match `python -m diva_tf.evaluate`. Validation: its own class
         # count, since the training count can exceed its images (k capped at n: every image its own
         # cluster, and NMI/F1 the same constant every epoch).

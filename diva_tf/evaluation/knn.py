@@ -1,6 +1,6 @@
 """Exact k-nearest-neighbour retrieval on unit-norm embeddings (faiss inner product).
 
-Inner product ranks unit vectors like the squared Euclidean distance DiVA uses (spec 7.1). Queries
+Inner product ranks unit vectors like the squared Euclidean distance DiVA uses (algorithm.md 7.1). Queries
 are searched in chunks, so memory is O(chunk x k), never O(N x N).
 
 Ties are broken deterministically: among equally similar items the lower gallery index ranks

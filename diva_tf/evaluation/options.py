@@ -1,6 +1,6 @@
 """The evaluation option group (`EvaluationOptions`: batch size, head-weight combinations, Recall@k
 cut-offs, when the test split is evaluated), the published test-time head weights per dataset
-(spec 2.4) and the parsing of a head-weight combination."""
+(algorithm.md 2.4) and the parsing of a head-weight combination."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from diva_tf.model.options import HEAD_NAMES
 
 EVAL_TEST = ("always", "val_improved")
 
-# Test-time head weights behind the published numbers (spec 2.4), in HEAD_NAMES order.
+# Test-time head weights behind the published numbers (algorithm.md 2.4), in HEAD_NAMES order.
 DEFAULT_HEAD_WEIGHTS = {
     "cub200": (0.5, 1.0, 1.0, 1.0),
     "cars196": (0.5, 2.0, 2.0, 2.0),
@@ -22,7 +22,7 @@ DEFAULT_HEAD_WEIGHTS = {
 
 
 def published_head_weights(dataset: str | None, heads) -> tuple:
-    """Default test-time weights of `heads` for a dataset (spec 2.4; 1 for every head elsewhere)."""
+    """Default test-time weights of `heads` for a dataset (algorithm.md 2.4; 1 for every head elsewhere)."""
     full = DEFAULT_HEAD_WEIGHTS.get(dataset, (1.0,) * len(HEAD_NAMES))
     return tuple(full[HEAD_NAMES.index(h)] for h in heads)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
+
+from diva_tf.core.atomic import atomic_file
 
 
 def _cell(value) -> str:
@@ -39,10 +40,6 @@ def _json_safe(value):
 
 def write_json(path: str, results: dict, meta: dict | None = None) -> None:
     """{"results": results, "meta": meta} written atomically (write, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_file(path) as f:
         json.dump(_json_safe({"results": results, "meta": meta or {}}), f, indent=2, allow_nan=False)
         f.write("\n")
-    os.replace(tmp, path)

@@ -11,7 +11,7 @@ rel_i = 1 if the i-th nearest neighbour (self match dropped) is of class c, P@i 
 - MAP@R (pytorch-metric-learning, Musgrave et al. 2020): AP = (1/R) sum_{i <= R} rel_i * P@i.
 - R-precision (pytorch-metric-learning): (1/R) sum_{i <= R} rel_i.
 So mAP@C uses depth and denominator R + 1 where MAP@R uses R: this is the off-by-one between
-the two (spec 7.2). With a separate gallery no query is in the gallery and both use R (n_c = R):
+the two (algorithm.md 7.2). With a separate gallery no query is in the gallery and both use R (n_c = R):
 mAP@C equals MAP@R there.
 
 All four are averaged over queries (sample-averaged, as DiVA and pytorch-metric-learning do).

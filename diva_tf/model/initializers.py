@@ -1,4 +1,4 @@
-"""PyTorch's default nn.Linear initialisation, which DiVA's heads and regressors use (spec 2.2)."""
+"""PyTorch's default nn.Linear initialisation, which DiVA's heads and regressors use (algorithm.md 2.2)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The DiVA embedding network (spec 2): backbone -> global average pooling -> one linear head per
+"""The DiVA embedding network (algorithm.md 2): backbone -> global average pooling -> one linear head per
 task, each L2-normalised. A Keras functional model taking float RGB images in 0..255.
 
 `--head_pooling` may give a head max or GeM pooling instead (CGD-style descriptors); each kind of
@@ -22,7 +22,7 @@ def build_embedding_model(options: ModelOptions, seed: int | None = None,
 
     `seed` seeds the heads' initialisation (None: Keras's global seed); `weights` overrides
     options.backbone_weights (e.g. 'none' when weights are restored afterwards). Heads use
-    PyTorch's Linear init (spec 2.2), not Keras's Glorot/zeros. Frozen BN is a property of how the
+    PyTorch's Linear init (algorithm.md 2.2), not Keras's Glorot/zeros. Frozen BN is a property of how the
     model is called (training=False, stack_notes trap 6), not of the graph.
     """
     backbone, mode = build_backbone(options.backbone,

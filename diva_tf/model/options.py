@@ -15,17 +15,17 @@ HEAD_NAMES = ("discriminative", "selfsimilarity", "shared", "intra")
 
 @dataclass
 class ModelOptions(Options):
-    """Backbone -> global pooling -> one L2-normalised linear head per task (spec 2)."""
+    """Backbone -> global pooling -> one L2-normalised linear head per task (algorithm.md 2)."""
 
     backbone: str = option("resnet50", " | ".join(BACKBONES), choices=(BACKBONES, "backbone"))
     backbone_weights: str = option("imagenet", "'imagenet', 'none', or a path to a weights file.")
-    frozen_bn: bool = option(True, "Freeze BN statistics (gamma/beta stay trainable), spec 2.1.")
+    frozen_bn: bool = option(True, "Freeze BN statistics (gamma/beta stay trainable), algorithm.md 2.1.")
     embed_dim: int = option(128, "Dimension of each head (unless --head_dims).", POSITIVE)
     head_dims: list = option([], "Dimension per head, in --diva_features order (default "
                              "--embed_dim for every head; beyond DiVA: e.g. 256,128,64,64 keeps "
                              "the 512-d total but gives the discriminative head more).", POSITIVE)
     diva_features: list = option(list(HEAD_NAMES), "Heads to build, in order (1 to 4 of "
-                                 + ", ".join(HEAD_NAMES) + "). Spec default is discriminative "
+                                 + ", ".join(HEAD_NAMES) + "). Original default is discriminative "
                                  "only; this tool defaults to DiVA's four.")
     head_pooling: list = option([], "Global pooling per head, in --diva_features order, or one "
                                 "value for all: " + " | ".join(POOLINGS) + " (default avg, as "

@@ -1,7 +1,7 @@
 """Global pooling of the backbone's feature map, one descriptor per head: the registry of
 --head_pooling, and the generalized-mean (GeM) layer (Radenovic et al. 2018).
 
-DiVA pools once by averaging (spec 2.1). CGD (Jun et al. 2019) feeds each embedding from its own
+DiVA pools once by averaging (algorithm.md 2.1). CGD (Jun et al. 2019) feeds each embedding from its own
 global descriptor, SPoC (average), MAC (max) or GeM, and concatenates them. Keras is imported only
 when a layer is built (the GeM class is defined on first use), so `ModelOptions` validates
 names without loading TensorFlow. Layer names

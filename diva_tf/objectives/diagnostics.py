@@ -2,7 +2,7 @@
 
 Logged next to the loss terms (metrics.jsonl, TensorBoard) so that a run shows whether DaNCE still
 learns (its positive logit against the weighted negatives, and how often its loss is ~0) and how
-strongly the decorrelation regressors still find correlation (C of spec 4.6, before rho).
+strongly the decorrelation regressors still find correlation (C of algorithm.md 4.6, before rho).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The DiVA training objective (spec 4.7) and the parameters it owns: three beta vectors, the
+"""The DiVA training objective (algorithm.md 4.7) and the parameters it owns: three beta vectors, the
 decorrelation regressors and, for the proxy loss, the class proxies.
 
 Pure loss functions live in `diva_tf.objectives.losses` and miners in `diva_tf.objectives.miners`; this layer only picks
@@ -83,7 +83,7 @@ class DiVAObjective(keras.layers.Layer):
         self.built = True
 
     def variable_groups(self) -> dict:
-        """Optimizer group -> variables (spec 5.1)."""
+        """Optimizer group -> variables (algorithm.md 5.1)."""
         return {
             "beta": list(self.betas.values()),
             "regressor": [v for r in self.regressors.values() for v in r.trainable_variables],

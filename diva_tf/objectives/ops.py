@@ -5,7 +5,7 @@ import tensorflow as tf
 
 @tf.custom_gradient
 def gradient_reversal(x):
-    """Identity forward; gradient multiplied by -1 backward (spec 4.6, scale 1)."""
+    """Identity forward; gradient multiplied by -1 backward (algorithm.md 4.6, scale 1)."""
     def grad(dy):
         return -dy
     return tf.identity(x), grad

@@ -1,4 +1,4 @@
-"""The objective option groups (spec 4): the class margin loss shared by the margin tasks
+"""The objective option groups (algorithm.md 4): the class margin loss shared by the margin tasks
 (`MarginOptions`), the discriminative head's loss (`DiscriminativeOptions`), DaNCE and its key
 encoder (`DanceOptions`), decorrelation (`DecorrelationOptions`) and the weight of each task
 (`TaskWeights`); `ObjectiveOptions` is their union, what `DiVAObjective` is built from."""
@@ -44,13 +44,13 @@ class DiscriminativeOptions(Options):
 
 @dataclass
 class DanceOptions(Options):
-    """The self-similarity task (spec 4.5): DaNCE against a queue of keys from a momentum
+    """The self-similarity task (algorithm.md 4.5): DaNCE against a queue of keys from a momentum
     encoder."""
 
     diva_ssl: str = option("fast_moco", "Self-supervised task: fast_moco (DaNCE) | moco.",
                            choices=(SELF_SUPERVISED_LOSSES, "self-supervised task"))
     diva_moco_momentum: float = option(0.9, "Key-encoder momentum (not MoCo's 0.999).", FRACTION)
-    diva_moco_temperature: float = option(0.01, "DaNCE temperature (spec default 0.1; every sample "
+    diva_moco_temperature: float = option(0.01, "DaNCE temperature (original default 0.1; every sample "
                                           "run uses 0.01, so this tool defaults to 0.01).",
                                           POSITIVE)
     diva_moco_n_key_batches: int = option(50, "Queue size in batches (queue = n x bs).", POSITIVE)
@@ -69,19 +69,19 @@ class DanceOptions(Options):
 
 @dataclass
 class DecorrelationOptions(Options):
-    """Adversarial decorrelation of heads (spec 4.6): one regressor and one rho per direction."""
+    """Adversarial decorrelation of heads (algorithm.md 4.6): one regressor and one rho per direction."""
 
     diva_rho_decorrelation: list = option([1500.0, 1500.0, 1500.0],
                                           "One rho per decorrelation direction (error if the count "
                                           "differs; the original silently dropped extras).",
                                           NON_NEGATIVE)
     diva_decorrelations: list = option([], "Explicit decorrelation directions 'source-target' "
-                                       "(default: DiVA's rule for the configured heads, spec "
+                                       "(default: DiVA's rule for the configured heads, algorithm.md "
                                        "4.6).")
     diva_decorrnet_dim: int = option(512, "Hidden size of the decorrelation regressors.", POSITIVE)
 
     def directions(self, heads) -> list:
-        """(source, target) pairs decorrelated by the regressors (spec 4.6).
+        """(source, target) pairs decorrelated by the regressors (algorithm.md 4.6).
 
         --diva_decorrelations when given; else DiVA's rules: four heads -> each auxiliary head to
         discriminative; (discriminative, selfsimilarity, shared) -> ss->disc, shared->disc,
@@ -117,7 +117,7 @@ class DecorrelationOptions(Options):
 
 @dataclass
 class TaskWeights(Options):
-    """The weight of each auxiliary task's loss in the sum (spec 4.7), and of the beyond-DiVA
+    """The weight of each auxiliary task's loss in the sum (algorithm.md 4.7), and of the beyond-DiVA
     class losses on the auxiliary heads and on their concatenation."""
 
     diva_alpha_ssl: float = option(0.3, "Weight of the DaNCE loss.", NON_NEGATIVE)

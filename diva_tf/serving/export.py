@@ -26,7 +26,7 @@ Signatures:
 - `serve_images`: `images` float32 [n, crop, crop, 3] in 0..255 -> the model, with NO resize or
   crop: the caller must pass images already transformed as above.
 Both return `embedding` (heads weighted by the baked-in head weights, concatenated and
-re-normalised, spec 2.4) and each head's unit-norm embedding under the head's name.
+re-normalised, algorithm.md 2.4) and each head's unit-norm embedding under the head's name.
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ import datetime
 import hashlib
 import json
 import os
-import re
-import shutil
-import socket
-import tempfile
 
 import numpy as np
 import tensorflow as tf
+
+# clean_stale, owned_tempdir and swap_in are also serving/index.py's (imported from here).
+from diva_tf.core.atomic import atomic_folder, clean_stale, owned_tempdir, swap_in  # noqa: F401
 
 MANIFEST_FILE = "diva_manifest.json"
 BYTES_SIGNATURE = "serving_default"
@@ -204,80 +203,6 @@ def make_manifest(model, heads, head_weights, pipeline, version: int, metrics: d
     }
 
 
-# ---- hidden temporary folders, owned by a process ------------------------------------------
-_OWNED = re.compile(r"\.(?P<kind>tmp|old)-(?P<target>.+)-(?P<host>[A-Za-z0-9]+)\.(?P<pid>\d+)"
-                    r"-[a-z0-9_]+")
-ASIDE = "previous"  # inside an `.old-` folder: the folder that was replaced
-
-
-def _host() -> str:
-    """This machine's name as it may appear in a folder name (letters and digits only)."""
-    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
-
-
-def owned_tempdir(parent: str, kind: str, target: str) -> str:
-    """A new hidden folder `.<kind>-<target>-<host>.<pid>-XXXX` in parent. The owner in the name
-    tells a later run whether the folder is a dead process's leftover or a live one's work."""
-    return tempfile.mkdtemp(prefix=f".{kind}-{target}-{_host()}.{os.getpid()}-", dir=parent)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (signal 0 probes without sending)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
-def clean_stale(parent: str, target: str | None = None) -> list[str]:
-    """Remove the owned temporary folders in parent (of `target` only, if given) whose process
-    is dead on this host; returns their paths. An `.old-` folder whose target is missing holds
-    the only copy (a crash between the two renames of `swap_in`): it is put back first."""
-    from absl import logging
-
-    removed = []
-    names = sorted(os.listdir(parent)) if os.path.isdir(parent) else []
-    for name in names:
-        m = _OWNED.fullmatch(name)
-        if (not m or target not in (None, m["target"]) or m["host"] != _host()
-                or process_alive(int(m["pid"]))):
-            continue
-        path, final = os.path.join(parent, name), os.path.join(parent, m["target"])
-        previous = os.path.join(path, ASIDE)
-        if m["kind"] == "old" and os.path.isdir(previous) and not os.path.exists(final):
-            os.rename(previous, final)
-            logging.warning("put %s back from %s (its replacement was interrupted)", final, path)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-def swap_in(tmp: str, final: str, replace: bool) -> None:
-    """Rename the complete folder tmp to final. An existing final (only if `replace`) is moved
-    into an `.old-` folder first and deleted after, or put back if the rename fails; a crash
-    between the two renames leaves it there for `clean_stale` to restore."""
-    parent, name = os.path.split(final)
-    aside = None
-    if replace and os.path.exists(final):
-        aside = owned_tempdir(parent, "old", name)
-        os.rename(final, os.path.join(aside, ASIDE))
-    try:
-        os.rename(tmp, final)
-    except OSError as e:
-        if aside is not None and not os.path.exists(final):
-            os.rename(os.path.join(aside, ASIDE), final)
-        raise FileExistsError(f"{final} appeared while it was being written (another export or "
-                              f"index build at the same time?): {e}") from None
-    finally:
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-
-
 # ---- publishing -----------------------------------------------------------------------------
 def export_model(model, pipeline, export_dir: str, version: int | None = None, head_weights=None,
                  overwrite: bool = False, metrics: dict | None = None, source: dict | None = None,
@@ -309,19 +234,16 @@ def export_model(model, pipeline, export_dir: str, version: int | None = None, h
     if os.path.exists(final) and not overwrite:
         raise ExportError(f"{final} already exists; pass --overwrite to replace it, or omit "
                           "--version to publish the next one")
-    tmp = owned_tempdir(export_dir, "tmp", str(version))
     try:
-        build_archive(model, heads, head_weights, pipeline).write_out(tmp, verbose=False)
-        os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
-        manifest = make_manifest(model, heads, head_weights, pipeline, version, metrics,
-                                 source or {}, dataset, backbone)
-        with open(os.path.join(tmp, "assets", MANIFEST_FILE), "w") as f:
-            json.dump(manifest, f, indent=2)
-        swap_in(tmp, final, overwrite)
+        with atomic_folder(final, replace=overwrite) as tmp:
+            build_archive(model, heads, head_weights, pipeline).write_out(tmp, verbose=False)
+            os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
+            manifest = make_manifest(model, heads, head_weights, pipeline, version, metrics,
+                                     source or {}, dataset, backbone)
+            with open(os.path.join(tmp, "assets", MANIFEST_FILE), "w") as f:
+                json.dump(manifest, f, indent=2)
     except FileExistsError as e:
         raise ExportError(str(e)) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -1,4 +1,4 @@
-"""DiVA's parameter groups (spec 5.1), one Adam per group since Keras optimizers have one lr; and
+"""DiVA's parameter groups (algorithm.md 5.1), one Adam per group since Keras optimizers have one lr; and
 the registries of --optimizer and --scheduler (adam_torch: Adam with torch's epsilon placement,
 for step-exact comparisons with the original code).
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from diva_tf.training.options import OptimizerOptions
 
-ADAM_EPSILON = 1e-8  # PyTorch's default; Keras's is 1e-7 (spec 10.13)
+ADAM_EPSILON = 1e-8  # PyTorch's default; Keras's is 1e-7 (algorithm.md 5.1)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The training option groups: the optimisers and their schedule (`OptimizerOptions`, spec 5.1)
+"""The training option groups: the optimisers and their schedule (`OptimizerOptions`, algorithm.md 5.1)
 and the run (`RunOptions`: epochs, seed, run folder, evaluation cadence, checkpoints, distribution,
 compilation, precision)."""
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedules that change per epoch, as DiVA's MultiStepLR (spec 5.1), or cosine; the
+"""Learning-rate schedules that change per epoch, as DiVA's MultiStepLR (algorithm.md 5.1), or cosine; the
 --scheduler registry that picks one is `diva_tf.training.optimizers.SCHEDULES`."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`DiVATrainer`: a keras.Model whose `train_step` (used through `fit`) runs one DiVA iteration
-(spec 5.2) with global-batch semantics under any tf.distribute strategy.
+(algorithm.md 5.2) with global-batch semantics under any tf.distribute strategy.
 
 Per step: query forward on view 1 (frozen BN = training=False), key forward on view 2, embeddings,
 keys and labels all-gathered across replicas, the objective on the global batch scaled by
@@ -28,7 +28,7 @@ from diva_tf.training.options import OptimizerOptions
 
 
 def enqueue(queue, keys):
-    """The MoCo key queue of the self-similarity head (spec 4.5), FIFO: drop the oldest B rows
+    """The MoCo key queue of the self-similarity head (algorithm.md 4.5), FIFO: drop the oldest B rows
     from the front and append this step's keys at the end."""
     keys = tf.cast(tf.stop_gradient(keys), queue.dtype)
     batch = keys.shape[0] if keys.shape[0] is not None else tf.shape(keys)[0]
@@ -225,11 +225,11 @@ class DiVATrainer(keras.Model):
         return logs
 
     def momentum_update(self) -> None:
-        """key <- m * key + (1 - m) * query over trainable variables (spec 2.3), after the step."""
+        """key <- m * key + (1 - m) * query over trainable variables (algorithm.md 2.3), after the step."""
         m = self.momentum
         assign_in_replica_context([(k, m * k + (1.0 - m) * q) for k, q in self._ema_pairs])
 
-    # ---- queue initialisation (spec 4.5) ------------------------------------------------
+    # ---- queue initialisation (algorithm.md 4.5) ----------------------------------------
     def fill_queue(self, batches) -> None:
         """Stack key-encoder outputs on view 1 of exactly n_key_batches global batches (of a
         stream like `fit`'s; DiVA uses one with another seed). Call once before training."""

@@ -3,7 +3,7 @@ statistics when BN trains on several replicas.
 
 Keras computes inference BN as `x * a + b` (two passes over the activation, and under mixed
 precision a cast to float32 and back); its gradient is a Mul plus two Sum reductions. DiVA calls
-every network with training=False (frozen BN, spec 2.1; the key encoder and embedding always), so
+every network with training=False (frozen BN, algorithm.md 2.1; the key encoder and embedding always), so
 this is on every layer of every step. `FusedBatchNormV3(is_training=False)` does the same
 arithmetic in one op, has a fused gradient, and takes bfloat16/float16 activations with float32
 statistics. Measured in `benchmarks/throughput.py --fused_bn` (README, Performance).

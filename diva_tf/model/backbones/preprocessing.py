@@ -11,7 +11,7 @@ class Normalize(keras.layers.Layer):
     """Maps float RGB pixels in 0..255 to what a backbone expects.
 
     caffe: RGB->BGR minus the ImageNet BGR means (keras ResNet50); torch: [0,1] then ImageNet mean/std
-    (torchvision, DiVA spec 2.1); tf: [-1, 1]; lite: (x - 127) / 128 (EfficientNet-Lite);
+    (torchvision, algorithm.md 2.1); tf: [-1, 1]; lite: (x - 127) / 128 (EfficientNet-Lite);
     unit: [0, 1]; none: unchanged (the keras application normalises itself).
     """
 

@@ -1,4 +1,4 @@
-"""DiVA's training objectives (spec 4) and alternative discriminative losses: pure tensor functions.
+"""DiVA's training objectives (algorithm.md 4) and alternative discriminative losses: pure tensor functions.
 
 `DISCRIMINATIVE_LOSSES` and `SELF_SUPERVISED_LOSSES` (in `registry`) are the registries of --loss
 and --diva_ssl. The loss functions are

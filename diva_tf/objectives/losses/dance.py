@@ -1,4 +1,4 @@
-"""DaNCE, DiVA's distance-weighted MoCo loss `criteria/fast_moco.py` (spec 4.5); its key queue is
+"""DaNCE, DiVA's distance-weighted MoCo loss `criteria/fast_moco.py` (algorithm.md 4.5); its key queue is
 `diva_tf.training.trainer`."""
 
 import math
@@ -13,7 +13,7 @@ LOG_MIN_WEIGHT = -149.0 * math.log(2.0)
 
 
 def dance_weights(similarities, dim, lower_cutoff=0.5, upper_cutoff=1.4, fixed=False):
-    """Negative weights W [B, M] from query-queue cosine similarities (spec 4.5 steps 2-4).
+    """Negative weights W [B, M] from query-queue cosine similarities (algorithm.md 4.5 steps 2-4).
 
     delta = max(sqrt(max(2 - 2 S, 0)), lower_cutoff); w = exp(log_sphere_weights(delta) - max), with
     the max over the whole matrix (published) or per row (`fixed`); w = 0 where delta > upper_cutoff;
@@ -33,7 +33,7 @@ def dance_weights(similarities, dim, lower_cutoff=0.5, upper_cutoff=1.4, fixed=F
 
 def dance_logits(queries, keys, queue, temperature, lower_cutoff=0.5, upper_cutoff=1.4, fixed=False,
                  weighted=True):
-    """z_b = [q_b.k_b, W_b1 q_b.Q_1, ..., W_bM q_b.Q_M] / temperature, [B, 1 + M] (spec 4.5 step 5).
+    """z_b = [q_b.k_b, W_b1 q_b.Q_1, ..., W_bM q_b.Q_M] / temperature, [B, 1 + M] (algorithm.md 4.5 step 5).
 
     queries [B, D] (with gradient), keys [B, D] and queue [M, D] (constants) are unit-norm. The weights
     multiply the similarity logits themselves. weighted=False is plain MoCo (`criteria/moco.py`).

@@ -1,4 +1,4 @@
-"""Decorrelation by adversarial separation, DiVA's `criteria/adversarial_separation.py` (spec 4.6)."""
+"""Decorrelation by adversarial separation, DiVA's `criteria/adversarial_separation.py` (algorithm.md 4.6)."""
 
 import keras
 import tensorflow as tf
@@ -26,7 +26,7 @@ def correlation(source, target, regressor):
 
 
 def decorrelation_loss(source, target, regressor, rho):
-    """-rho * C on the gradient-reversed, re-normalised embeddings (spec 4.6).
+    """-rho * C on the gradient-reversed, re-normalised embeddings (algorithm.md 4.6).
 
     Descending on it, the regressor maximises C while source and target (through the reversal, which
     acts on both) minimise it; the renormalisation leaves values unchanged but adds its Jacobian.

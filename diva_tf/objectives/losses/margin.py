@@ -1,4 +1,4 @@
-"""Margin loss with learnable per-class beta (Wu et al. 2017), DiVA's `criteria/margin.py` (spec 4.1)."""
+"""Margin loss with learnable per-class beta (Wu et al. 2017), DiVA's `criteria/margin.py` (algorithm.md 4.1)."""
 
 import tensorflow as tf
 
@@ -11,7 +11,7 @@ def unpack_triplets(triplets):
 
 
 def margin_loss(embeddings, labels, beta, triplets, margin=0.2):
-    """Spec 4.1: sum over valid triplets of the two hinges, divided by K.
+    """algorithm.md 4.1: sum over valid triplets of the two hinges, divided by K.
 
     d = sqrt(||x_a - x_b||^2 + 1e-8); l+ = relu(d_ap - beta[y_a] + margin); l- = relu(beta[y_a] - d_an
     + margin), with y_a the anchor's TRUE label (also for the shared task). K counts the triplets with

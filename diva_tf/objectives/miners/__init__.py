@@ -1,4 +1,4 @@
-"""Triplet miners of DiVA's margin-loss tasks (spec 4.2-4.4): pure, stateless, static-shape functions."""
+"""Triplet miners of DiVA's margin-loss tasks (algorithm.md 4.2-4.4): pure, stateless, static-shape functions."""
 
 from diva_tf.objectives.miners.distance import (distance_weighted_triplets, log_sphere_weights, negative_logits,
                                      negative_probabilities, pairwise_distances, pairwise_squared_distances)

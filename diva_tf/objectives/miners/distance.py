@@ -1,4 +1,4 @@
-"""Distance-weighted negative sampling (Wu et al. 2017), DiVA's discriminative miner (spec 4.2)."""
+"""Distance-weighted negative sampling (Wu et al. 2017), DiVA's discriminative miner (algorithm.md 4.2)."""
 
 import numpy as np
 import tensorflow as tf
@@ -14,7 +14,7 @@ def pairwise_squared_distances(x):
 
 
 def pairwise_distances(x):
-    """d_ij = sqrt(max(||x_i||^2 + ||x_j||^2 - 2 x_i.x_j, 0)) (spec 4.2 step 1).
+    """d_ij = sqrt(max(||x_i||^2 + ||x_j||^2 - 2 x_i.x_j, 0)) (algorithm.md 4.2 step 1).
 
     Its gradient is infinite at d = 0; the miners only use it on detached embeddings.
     """
@@ -22,7 +22,7 @@ def pairwise_distances(x):
 
 
 def log_sphere_weights(d, dim):
-    """log w(d) = (2 - D) ln d - ((D - 3) / 2) ln(1 - d^2 / 4) (spec 4.2 step 4, 4.5 step 3).
+    """log w(d) = (2 - D) ln d - ((D - 3) / 2) ln(1 - d^2 / 4) (algorithm.md 4.2 step 4, 4.5 step 3).
 
     The inverse of the density of pairwise distances between points uniform on the unit sphere in R^D.
     At d = 2 (antipodal points) the original gets +inf and then NaN probabilities; here d^2 / 4 is
@@ -36,7 +36,7 @@ def log_sphere_weights(d, dim):
 
 
 def negative_logits(distances, same_label, dim, lower_cutoff=0.5):
-    """log q_ij up to a per-row constant (spec 4.2 step 4); -inf for same-label entries.
+    """log q_ij up to a per-row constant (algorithm.md 4.2 step 4); -inf for same-label entries.
 
     Distances are clamped below at `lower_cutoff`; same-label log-weights are set to 0 before the row
     maximum is subtracted, as in the original.
@@ -56,7 +56,7 @@ def negative_probabilities(embeddings, labels, lower_cutoff=0.5):
 
 
 def distance_weighted_triplets(embeddings, labels, seed, lower_cutoff=0.5):
-    """One triplet per batch index (spec 4.2): (anchors, positives, negatives, valid), each [B].
+    """One triplet per batch index (algorithm.md 4.2): (anchors, positives, negatives, valid), each [B].
 
     Anchor i = i. Positive: uniform among the other indices with i's label. Negative: drawn from q_i.
     valid[i] = 1.0 iff i has another same-label index and a different-label one (the original crashes

@@ -1,4 +1,4 @@
-"""DiVA's intra-class miner, `--diva_intra random` (spec 4.4)."""
+"""DiVA's intra-class miner, `--diva_intra random` (algorithm.md 4.4)."""
 
 import tensorflow as tf
 
@@ -10,7 +10,7 @@ def intra_random_triplets(labels, seed, num_triplets=None):
 
     Per triplet: a class uniform over the *distinct* classes in the batch, then a, p and n drawn
     independently and uniformly with replacement from that class's batch indices, so they may
-    coincide (spec 4.4; kept on purpose). valid is all ones. Stateless in `seed` (shape [2]).
+    coincide (algorithm.md 4.4; kept on purpose). valid is all ones. Stateless in `seed` (shape [2]).
     """
     labels = tf.reshape(labels, [-1])
     batch = tf.shape(labels)[0]

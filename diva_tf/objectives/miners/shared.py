@@ -1,4 +1,4 @@
-"""DiVA's shared-task miner, `--diva_sharing random` (spec 4.3): distance sampling on shuffled labels."""
+"""DiVA's shared-task miner, `--diva_sharing random` (algorithm.md 4.3): distance sampling on shuffled labels."""
 
 import tensorflow as tf
 
@@ -14,7 +14,7 @@ def permute_labels(labels, seed):
 
 
 def shared_permuted_triplets(embeddings, labels, seed, lower_cutoff=0.5):
-    """Spec 4.3: `distance_weighted_triplets` on the batch with its labels permuted.
+    """algorithm.md 4.3: `distance_weighted_triplets` on the batch with its labels permuted.
 
     Returns (anchors, positives, negatives, valid) in the original batch indexing. Positives share the
     anchor's *permuted* label; the margin loss must still look beta up by the anchor's true label.
