@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from diva_tf.core.atomic import atomic_file
 from diva_tf.core.errors import ConfigError
 from diva_tf.core.options import require
 from diva_tf.data.options import DataOptions, PipelineOptions
@@ -65,10 +66,8 @@ class Config(RunOptions, EvaluationOptions, OptimizerOptions, ObjectiveOptions, 
     # ---- (de)serialisation ---------------------------------------------------------------
     def save(self, path: str) -> None:
         """Write then rename: a crash never leaves a half-written config.json."""
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_file(path) as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":

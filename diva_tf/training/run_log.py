@@ -9,6 +9,8 @@ import os
 
 import tensorflow as tf
 
+from diva_tf.core.atomic import atomic_file
+
 
 def _plain(value):
     if isinstance(value, (int, str)) or value is None:
@@ -36,11 +38,9 @@ class RunLog:
     def truncate_after(self, epoch: int) -> None:
         """Drop records of epochs > `epoch` (written by a run killed before its checkpoint)."""
         kept = [r for r in self.records() if r.get("epoch", 0) <= epoch]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_file(self.path) as f:
             for r in kept:
                 f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         record = {k: _plain(v) for k, v in record.items()}

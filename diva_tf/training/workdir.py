@@ -13,6 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from diva_tf.core.atomic import atomic_path
 from diva_tf.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -118,6 +119,5 @@ def weights_path(workdir: str, which: str) -> str:
 
 def save_weights_atomic(model: keras.Model, path: str) -> None:
     """Write then rename, so a crash never leaves a half-written weights file under `path`."""
-    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
