@@ -229,8 +229,8 @@ def test_missing_backbone_weights_file_is_refused_before_data(tmp_path):
 
 
 @pytest.mark.parametrize("value, message", [("-1", "--lr must be > 0 (got -1.0)"),
-                                            ("nan", "--lr must be > 0 (got nan)"),
-                                            ("inf", "--lr must be > 0 (got inf)")])
+                                            ("nan", "--lr=nan: must be a finite number (> 0)"),
+                                            ("inf", "--lr=inf: must be a finite number (> 0)")])
 def test_cli_refuses_a_bad_learning_rate_before_reading_data(tmp_path, value, message):
     r = _train(f"--data_dir={tmp_path / 'missing'}", f"--workdir={tmp_path}/w", f"--lr={value}")
     assert (r.returncode, r.stderr) == (2, f"error: {message}\n")

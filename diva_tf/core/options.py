@@ -93,6 +93,10 @@ def check_ranges(options, group: type) -> None:
         value = getattr(options, f.name)
         if allowed is None:
             continue
+        values = value if isinstance(value, list) else [value]
+        if any(_is_number(v) and not math.isfinite(v) and v not in allowed.also for v in values):
+            shown = ",".join(map(str, values))
+            raise ConfigError(f"--{f.name}={shown}: must be a finite number ({allowed})")
         if not isinstance(value, list) and value not in allowed:
             raise ConfigError(f"--{f.name} must be {allowed} (got {value})")
         if isinstance(value, list) and not all(v in allowed for v in value):
