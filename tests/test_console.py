@@ -161,3 +161,20 @@ def test_a_run_stopped_mid_epoch_leaves_no_progress_row_on_the_terminal(monkeypa
     assert rows[-2] == " " * len(drawn) and rows[-1] == ""  # blanked, cursor at column 0
     progress.close()  # nothing left to blank: writes nothing
     assert out.getvalue().split("\r") == rows
+
+
+def test_evaluation_progress_in_a_log_is_plain_lines():
+    """Embedding progress written to a file: one plain line every LOG_EVERY seconds and at the
+    end, no terminal controls (Keras's Progbar is for terminals only)."""
+    import io
+
+    from diva_tf.evaluation.embed import PlainProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = PlainProgress(40, stream=out, every=30.0, clock=lambda: now[0])
+    for step in range(1, 41):
+        now[0] = step * 1.0  # one batch per second
+        progress.update(step)
+    progress.done(40)
+    assert out.getvalue().splitlines() == ["embedding: 30/40 batches", "embedding: 40/40 batches"]
