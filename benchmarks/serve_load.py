@@ -8,7 +8,7 @@ Exports a tiny untrained model (backbone `tiny`, 32 px) to a temporary folder, t
 --servers starts that server in a subprocess on a free loopback port (stopped at the end):
 - `kserve`: this checkout's `python -m diva_tf.serve` (KServe);
 - `stand_in`: the hand-written HTTP server the project had before KServe, run from git commit
-  --stand_in_commit (its `diva_tf/` extracted with `git archive` into the temporary folder), so
+  STAND_IN_COMMIT (its `diva_tf/` extracted with `git archive` into the temporary folder), so
   both are measured in the same run on the same machine.
 Load, for each --clients N: N threads each hold one keep-alive `http.client` connection and POST
 `:predict` with one 64x64 JPEG as {"b64": ...}, back to back, for --seconds; a connection error
