@@ -2,18 +2,22 @@
 `g3doc/api_rest.md`): `{"signature_name"?, "instances": [...]}` (row: per-example values, or objects
 keyed by input name) -> `{"predictions": [...]}`; `{"inputs": ...}` (columnar) -> `{"outputs": ...}`;
 binary values travel as `{"b64": "..."}`. Every malformed body raises `BadRequest` (HTTP 400)
-with TF Serving's message."""
+with TF Serving's message. Signature specs come in as `tf.TensorSpec`s; TensorFlow itself is not
+imported here (KServe worker processes import this before they load the model)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from diva_tf.serving.errors import BadRequest
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def bad_request(message: str) -> BadRequest:
@@ -49,8 +53,8 @@ def _b64decode(value: dict) -> bytes:
 
 
 def _is_number_of(value, dtype: tf.DType) -> bool:
-    if dtype == tf.bool or isinstance(value, bool):
-        return dtype == tf.bool and isinstance(value, bool)
+    if dtype.name == "bool" or isinstance(value, bool):
+        return dtype.name == "bool" and isinstance(value, bool)
     if dtype.is_integer:
         return isinstance(value, int)
     return dtype.is_floating and isinstance(value, (int, float))
@@ -60,7 +64,7 @@ def _leaves(value, dtype: tf.DType):
     """A JSON value (nested lists) -> the same nesting with values of `dtype`."""
     if isinstance(value, list):
         return [_leaves(v, dtype) for v in value]
-    if dtype == tf.string:
+    if dtype.name == "string":
         if _is_b64(value):
             return _b64decode(value)
         if isinstance(value, str):
@@ -76,7 +80,7 @@ def _leaves(value, dtype: tf.DType):
 
 def _numeric_fast_path(value, dtype: tf.DType) -> np.ndarray | None:
     """Dense numeric JSON straight to numpy (no per-element Python); None if it needs checking."""
-    if dtype == tf.string or dtype == tf.bool:
+    if dtype.name in ("string", "bool"):
         return None
     try:
         array = np.array(value)
@@ -90,7 +94,7 @@ def to_array(value, spec: tf.TensorSpec) -> np.ndarray:
     """A JSON tensor value -> a dense array checked against the signature's shape."""
     array = _numeric_fast_path(value, spec.dtype)
     if array is None:
-        numpy_dtype = object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype
+        numpy_dtype = object if spec.dtype.name == "string" else spec.dtype.as_numpy_dtype
         nested = _leaves(value, spec.dtype)
         try:
             array = np.array(nested, dtype=numpy_dtype)

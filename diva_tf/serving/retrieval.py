@@ -12,20 +12,19 @@ time; otherwise the server refuses to start: neighbours from another model's emb
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import kserve
 import numpy as np
-import tensorflow as tf
 
 from diva_tf.serving import rest_json
 from diva_tf.serving.errors import BadRequest
-from diva_tf.serving.export import BYTES_INPUT
 from diva_tf.serving.index import (IndexDataError, IndexMismatchError, check_served, open_index,
                                    probe_bytes)
-from diva_tf.serving.server import EmbeddingModel, ServeError, in_thread, request_doc
+from diva_tf.serving.server import (EmbeddingModel, ServeError, ensure_loaded, in_thread, install,
+                                    load_in_background, request_doc)
 
 DEFAULT_K, MAX_K = 5, 100
-BYTES_SPEC = {BYTES_INPUT: tf.TensorSpec([None], tf.string, name=BYTES_INPUT)}
 
 
 def request_k(doc: dict, max_k: int) -> int:
@@ -43,6 +42,7 @@ class RetrievalModel(kserve.Model):
         super().__init__(name)
         self.embedder, self.index_dir, self.max_k = embedder, index_dir, max_k
         self.index = None
+        self.loaded = threading.Event()
 
     @property
     def limits(self):
@@ -55,6 +55,7 @@ class RetrievalModel(kserve.Model):
     def load(self) -> bool:
         """Open the index and check it against the served model (ServeError if it does not
         match or cannot be read)."""
+        self.embedder.loaded.wait()
         export = self.embedder.export
         try:
             self.index = open_index(self.index_dir, export)
@@ -63,6 +64,7 @@ class RetrievalModel(kserve.Model):
         except (IndexMismatchError, IndexDataError) as e:
             raise ServeError(f"--index: {e}") from None
         self.ready = True
+        self.loaded.set()
         return self.ready
 
     def __getstate__(self):
@@ -71,19 +73,20 @@ class RetrievalModel(kserve.Model):
 
     def __setstate__(self, state):
         self.__init__(**state)
-        self.load()
-        from diva_tf.serving.server import install
-
         install(kserve.model_server.app, self.limits, [self])
+        load_in_background(self)
 
     def status(self) -> dict:
         return {**self.embedder.status(), "name": self.name, "ready": self.ready}
 
     async def predict(self, payload, headers=None, response_headers=None) -> dict:
+        await ensure_loaded(self)
         doc = request_doc(payload)
         k = request_k(doc, self.max_k)
+        fn = self.embedder.signature("")
         inputs, _ = rest_json.request_inputs({key: v for key, v in doc.items() if key != "k"},
-                                             BYTES_SPEC)
-        embeddings = await self.embedder.embed(list(inputs[BYTES_INPUT].flat))
+                                             fn.structured_input_signature[1])
+        (images,) = inputs.values()
+        embeddings = await self.embedder.embed(list(images.flat))
         hits = await in_thread(self.index.search, np.asarray(embeddings), k)
         return {"predictions": [[dataclasses.asdict(h) for h in row] for row in hits]}

@@ -9,17 +9,21 @@ AVAILABLE, newer ones that failed to load END with their error), and
 `POST /v1/models/NAME/versions/V:predict` serves V when it is the served version (404 otherwise).
 Every refused request is `{"error": message}` with a 4xx status (`RequestError`, unknown routes,
 bodies over `--max_request_bytes`); images are bounded before decoding (`images`).
+
+TensorFlow is imported when a model loads, not with this module: KServe's worker processes
+(`--workers` > 1) unpickle the models before they answer KServe's 5-second liveness ping, so a
+worker loads its copy on a thread (`load_in_background`) and requests wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 
 import kserve
 import numpy as np
 import orjson
-import tensorflow as tf
 from absl import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,12 +33,10 @@ from starlette.exceptions import HTTPException
 from diva_tf.core.errors import DivaError
 from diva_tf.serving import rest_json
 from diva_tf.serving.errors import BadRequest, NotFound, RequestError, TooLarge
-from diva_tf.serving.export import (BYTES_INPUT, BYTES_SIGNATURE, LoadedExport, list_versions,
-                                    load_export)
 from diva_tf.serving.images import Limits, PixelBudget, request_pixels
 from diva_tf.serving.index import tf_reason
 
-V2_TYPES = {tf.string: "BYTES", tf.float32: "FP32"}
+V2_TYPES = {"string": "BYTES", "float32": "FP32"}  # TF dtype name -> V2 datatype
 
 
 class ServeError(DivaError):
@@ -42,9 +44,11 @@ class ServeError(DivaError):
 
 
 # ---- loading --------------------------------------------------------------------------------
-def load_latest(base_path: str) -> tuple[LoadedExport, dict[int, str]]:
+def load_latest(base_path: str) -> tuple:
     """The highest version that loads, and {newer version: why it did not load}; each failure is
     logged once. A broken new export never takes the model offline while an older one loads."""
+    from diva_tf.serving.export import list_versions, load_export
+
     failures = {}
     for version in reversed(list_versions(base_path)):
         try:
@@ -90,13 +94,15 @@ class EmbeddingModel(kserve.Model):
     def __init__(self, name: str, base_path: str, limits: Limits = Limits()):
         super().__init__(name)
         self.base_path, self.limits = base_path, limits
-        self.export: LoadedExport | None = None
+        self.export = None  # diva_tf.serving.export.LoadedExport
         self.failures: dict[int, str] = {}
         self.budget = PixelBudget(limits.max_decoding_pixels)
+        self.loaded = threading.Event()
 
     def load(self) -> bool:
         self.export, self.failures = load_latest(self.base_path)
         self.ready = True
+        self.loaded.set()
         return self.ready
 
     @property
@@ -104,19 +110,21 @@ class EmbeddingModel(kserve.Model):
         return self.export.version
 
     def __getstate__(self):
-        """Sent to KServe's worker processes (--workers > 1) without TensorFlow objects; each
-        worker loads the model again (`__setstate__`)."""
+        """Sent to KServe's worker processes (--workers > 1) without TensorFlow objects."""
         return {"name": self.name, "base_path": self.base_path, "limits": self.limits}
 
     def __setstate__(self, state):
         self.__init__(**state)
-        self.load()
-        install(kserve.model_server.app, self.limits)
+        install(kserve.model_server.app, self.limits, [self])
+        load_in_background(self)
 
     def signature(self, name: str):
+        from diva_tf.serving.export import BYTES_SIGNATURE
+
         name = name or BYTES_SIGNATURE
         if not isinstance(name, str) or name not in self.export.root.signatures:
-            raise BadRequest(f'Serving signature name: "{name}" not found in signature def')
+            raise BadRequest(f'Serving signature name: "{str(name)[:100]}" not found in '
+                             "signature def")
         return self.export.root.signatures[name]
 
     def status(self) -> dict:
@@ -129,7 +137,7 @@ class EmbeddingModel(kserve.Model):
             for v, (state, code, message) in sorted(states.items(), reverse=True)]}
 
     def _types(self, specs) -> list[dict]:
-        return [{"name": name, "datatype": V2_TYPES.get(spec.dtype, spec.dtype.name.upper()),
+        return [{"name": name, "datatype": V2_TYPES.get(spec.dtype.name, spec.dtype.name.upper()),
                  "shape": [-1 if d is None else d for d in spec.shape]}
                 for name, spec in specs.items()]
 
@@ -142,6 +150,8 @@ class EmbeddingModel(kserve.Model):
     async def run(self, fn, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call a signature on checked inputs, holding the pixels of its encoded images in the
         server-wide budget; the graph's own refusals (an undecodable image) are BadRequest."""
+        import tensorflow as tf
+
         specs = fn.structured_input_signature[1]
         pixels = sum(request_pixels(list(v.flat), self.limits.max_image_pixels,
                                     self.limits.max_request_pixels)
@@ -159,14 +169,39 @@ class EmbeddingModel(kserve.Model):
 
     async def embed(self, images: list[bytes]) -> np.ndarray:
         """Embeddings of encoded images (`serving_default`), for the retrieval model."""
-        fn = self.signature(BYTES_SIGNATURE)
-        return (await self.run(fn, {BYTES_INPUT: np.array(images, object)}))["embedding"]
+        from diva_tf.serving.export import BYTES_INPUT, EMBEDDING_OUTPUT
+
+        await ensure_loaded(self)
+        fn = self.signature("")
+        return (await self.run(fn, {BYTES_INPUT: np.array(images, object)}))[EMBEDDING_OUTPUT]
 
     async def predict(self, payload, headers=None, response_headers=None) -> dict:
+        await ensure_loaded(self)
         doc = request_doc(payload)
         fn = self.signature(doc.get("signature_name", ""))
         inputs, fmt = rest_json.request_inputs(doc, fn.structured_input_signature[1])
         return rest_json.response_body(await self.run(fn, inputs), fmt)
+
+
+def load_in_background(model) -> None:
+    """Load `model` on a thread (in a KServe worker process, which must answer KServe's liveness
+    ping meanwhile); its requests wait for it (`ensure_loaded`). It is ready: its parent loaded
+    the same files."""
+    model.ready = True
+
+    def work():
+        try:
+            model.load()
+        except Exception:  # noqa: BLE001 - logged; the worker's requests then fail
+            logging.exception("worker %d could not load %s", os.getpid(), model.name)
+            model.loaded.set()
+
+    threading.Thread(target=work, daemon=True).start()
+
+
+async def ensure_loaded(model) -> None:
+    if not model.loaded.is_set():
+        await in_thread(model.loaded.wait)
 
 
 # ---- KServe's FastAPI app: TF Serving's routes, JSON errors, body limit -----------------------
@@ -186,10 +221,13 @@ def checked_version(model, version: str):
 
 
 async def model_status(model_name: str) -> dict:
-    return served_model(model_name).status()
+    model = served_model(model_name)
+    await ensure_loaded(model)
+    return model.status()
 
 
 async def version_status(model_name: str, version: str) -> dict:
+    await ensure_loaded(served_model(model_name))
     model = checked_version(served_model(model_name), version)
     status = model.status()
     status["model_version_status"] = [s for s in status["model_version_status"]
@@ -198,6 +236,7 @@ async def version_status(model_name: str, version: str) -> dict:
 
 
 async def version_predict(model_name: str, version: str, request: Request) -> JSONResponse:
+    await ensure_loaded(served_model(model_name))
     model = checked_version(served_model(model_name), version)
     return JSONResponse(await model.predict(await request.body()))
 
