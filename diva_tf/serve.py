@@ -1,6 +1,7 @@
-"""`python -m diva_tf.serve --model_base_path export/models/diva --model_name diva [--port 8501]`:
-the LOCAL STAND-IN for TensorFlow Serving's REST API (tests and demos only; see
-`diva_tf.serving.stand_in`). It is NOT TensorFlow Serving."""
+"""`python -m diva_tf.serve --model_base_path export/models/diva --model_name diva --port 8501
+[--index INDEX_DIR] [--workers N]`: serve an export on KServe's model server (`pip install
+'diva_tf[serve]'`): TF Serving's REST predict, V2 health/metadata, /metrics, and with --index the
+`<model_name>-retrieval` model (see diva_tf.serving.server and diva_tf.serving.retrieval)."""
 
 from __future__ import annotations
 
@@ -10,50 +11,84 @@ if __name__ == "__main__":  # first, before TensorFlow is imported
     quiet_third_party()
 
 import math
+import socket
 import sys
-import threading
 
-from absl import logging
-
-from diva_tf.serving.stand_in import BANNER, Limits, make_server, poll
+_LIMITS = {  # flag -> help, for the fields of diva_tf.serving.images.Limits (0 = no limit)
+    "max_request_bytes": "Larger request bodies get HTTP 413.",
+    "max_image_pixels": "An image with more pixels (read from its header, before decoding) "
+                        "gets HTTP 400.",
+    "max_request_pixels": "A request whose images hold more pixels in all gets HTTP 400.",
+    "max_decoding_pixels": "Pixels being decoded at once over all requests of a worker; "
+                           "requests wait for their share (bounds the server's memory).",
+}
 
 
 def _define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("model_base_path", "export/models/diva",
-                        "Folder of <version>/ SavedModels (TF Serving layout).")
+                        "Folder of <version>/ SavedModels (TF Serving layout); the highest "
+                        "version that loads is served.")
     flags.DEFINE_string("model_name", "diva", "Name in the /v1/models/<name> URLs.")
-    flags.DEFINE_string("host", "127.0.0.1", "Bind address (loopback by default: a demo server "
-                        "should not be reachable from the network).")
-    flags.DEFINE_integer("port", 8501, "REST port (TF Serving's default); 0 = ephemeral.")
-    flags.DEFINE_integer("max_request_bytes", Limits.max_request_bytes,
-                         "Larger request bodies (chunked ones too) get HTTP 413; 0 = no limit.")
-    flags.DEFINE_integer("max_image_pixels", Limits.max_image_pixels,
-                         "Images of *_bytes inputs with more pixels (read from their headers, "
-                         "before decoding) get HTTP 400; 0 = no limit.")
-    flags.DEFINE_float("request_timeout_seconds", Limits.request_timeout,
-                       "Close a connection silent this long mid-request (HTTP 408) or idle "
-                       "between requests; 0 = never.")
-    flags.DEFINE_enum("model_version_policy", "latest", ["latest", "all"],
-                      "Serve only the highest version (TF Serving's default) or all of them.")
-    flags.DEFINE_float("file_system_poll_wait_seconds", 1.0,
-                       "Poll the base path for new versions this often (0 = never).")
+    flags.DEFINE_integer("port", 8501, "REST port (TF Serving's default), on all interfaces.")
+    flags.DEFINE_string("index", None, "Index folder (python -m diva_tf.index build) to serve as "
+                        "<model_name>-retrieval; it must have been built by the served version.")
+    flags.DEFINE_integer("max_k", 100, "Largest k a retrieval request may ask for.")
+    flags.DEFINE_integer("workers", 1, "Server processes (each loads the model).")
+    from diva_tf.serving.images import Limits
 
-
-_NON_NEGATIVE_FLAGS = ("max_request_bytes", "max_image_pixels", "request_timeout_seconds",
-                       "file_system_poll_wait_seconds")
+    for name, help_text in _LIMITS.items():
+        flags.DEFINE_integer(name, getattr(Limits, name), help_text + " 0 = no limit.")
 
 
 def flag_error(f) -> str | None:
     """The first flag value out of range, as one line (None when all are usable)."""
-    for name in _NON_NEGATIVE_FLAGS:
+    for name in _LIMITS:
         value = getattr(f, name)
         if not (math.isfinite(value) and value >= 0):
-            return f"--{name}={value}: must be a finite number >= 0 (0 = no limit)"
-    if not 0 <= f.port <= 65535:
-        return f"--port={f.port}: must be in [0, 65535] (0 = ephemeral)"
+            return f"--{name}={value}: must be a number >= 0 (0 = no limit)"
+    if not 1 <= f.port <= 65535:
+        return f"--port={f.port}: must be in [1, 65535]"
+    for name in ("workers", "max_k"):
+        if getattr(f, name) < 1:
+            return f"--{name}={getattr(f, name)}: must be at least 1"
     return None
+
+
+def port_error(port: int) -> str | None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError as e:
+            return f"--port={port}: {e.strerror}"
+    return None
+
+
+def import_server():
+    """The server modules (KServe, TensorFlow). kserve.model_server parses sys.argv with its own
+    flags when imported: ours are hidden from it."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        from diva_tf.serving import retrieval, server
+    finally:
+        sys.argv = argv
+    return server, retrieval
+
+
+def build_models(f) -> list:
+    """The loaded models the flags ask for (ServeError when they cannot be served)."""
+    server, retrieval = import_server()
+    limits = server.Limits(**{name: getattr(f, name) for name in _LIMITS})
+    embedder = server.EmbeddingModel(f.model_name, f.model_base_path, limits)
+    embedder.load()
+    models = [embedder]
+    if f.index:
+        models.append(retrieval.RetrievalModel(f"{f.model_name}-retrieval", embedder, f.index,
+                                               f.max_k))
+        models[-1].load()
+    return models
 
 
 def main(argv) -> int:
@@ -65,33 +100,23 @@ def main(argv) -> int:
 
 
 def run(f) -> int:
-    """Serve until interrupted, with the flag values `f`; 2 for a bad flag, no model or port."""
-    if error := flag_error(f):
+    """Serve until SIGTERM/SIGINT; 2 for a bad flag, a model or index that cannot be served, or
+    a port in use."""
+    from diva_tf.core.errors import DivaError
+
+    if error := flag_error(f) or port_error(f.port):
         print(f"error: {error}", file=sys.stderr)
         return 2
-    logging.warning(BANNER)
     try:
-        server = make_server(f.model_base_path, f.model_name, f.host, f.port,
-                             f.model_version_policy, max_request_bytes=f.max_request_bytes,
-                             max_image_pixels=f.max_image_pixels,
-                             request_timeout=f.request_timeout_seconds)
-    except OSError as e:  # no model, or the port is taken
+        models = build_models(f)
+    except DivaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    if f.file_system_poll_wait_seconds > 0:
-        threading.Thread(target=poll, args=(server.store, f.file_system_poll_wait_seconds, stop),
-                         daemon=True).start()
-    logging.info("serving model %r from %s at %s/v1/models/%s (%s)", f.model_name,
-                 f.model_base_path, server.url, f.model_name, BANNER)
-    print(f"listening on {server.url}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop.set()
-        server.server_close()
+    from diva_tf.serving.server import serve
+
+    names = ", ".join(m.name for m in models)
+    print(f"serving {names} (version {models[0].version}) on http://0.0.0.0:{f.port}", flush=True)
+    serve(models, f.port, f.workers)
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""REST client for a served diva_tf export (TF Serving, or the `diva_tf.serving.stand_in` stand-in).
+"""REST client for a served diva_tf export (TF Serving, or `python -m diva_tf.serve` on KServe).
 
     python export/client.py --url http://localhost:8501/v1/models/diva:predict IMAGE...
     python export/client.py --url ... --format columnar --signature serving_default IMAGE...
@@ -7,7 +7,9 @@
 
 Sends each image file's bytes as {"b64": ...} to the `serving_default` signature (input
 `image_bytes`) and prints each embedding's shape and first values, or, with --index, the nearest
-indexed images. Standard library only (argparse, urllib), so it can be copied anywhere; --index
+indexed images: searched by the server's `<name>-retrieval` model when it has one (`python -m
+diva_tf.serve --index`), else in the local index folder. TF Serving needs only `:predict` and the
+status route. Standard library only (argparse, urllib), so it can be copied anywhere; --index
 additionally needs diva_tf and faiss, imported only then.
 
 With --index the client first checks that the server runs the model the index was built with:
@@ -99,19 +101,49 @@ def predict(url: str, images: list[bytes], signature: str = "serving_default", f
                           "export?") from None
 
 
-def predict_each(url: str, images: list[bytes], signature: str = "serving_default",
-                 fmt: str = "row", timeout: float = 60.0) -> list:
-    """One embedding, or the ClientError of a refused image, per image. One request for all;
-    if the server refuses it as bad input (HTTP 400, e.g. a file that is not an image), one
-    request per image, so a bad file costs only its own answer."""
+def search(url: str, images: list[bytes], k: int, timeout: float = 60.0) -> list[list[dict]]:
+    """The k nearest items ({"id", "path", "label", "score"}) of each image, by the server's
+    retrieval model at `url`."""
+    reply = call(url, {"instances": predict_payload(images, "", "row")["instances"], "k": k},
+                 timeout)
+    return reply["predictions"]
+
+
+def each(answer, images: list[bytes]) -> list:
+    """`answer(images)`'s result, or the ClientError of a refused image, per image. One request
+    for all; if the server refuses it as bad input (HTTP 400, e.g. a file that is not an image),
+    one request per image, so a bad file costs only its own answer."""
     try:
-        return predict(url, images, signature, fmt, timeout)
+        return answer(images)
     except ClientError as e:
         if e.status != 400:
             raise
         if len(images) == 1:
             return [e]
-    return [predict_each(url, [image], signature, fmt, timeout)[0] for image in images]
+    return [each(answer, [image])[0] for image in images]
+
+
+def predict_each(url: str, images: list[bytes], signature: str = "serving_default",
+                 fmt: str = "row", timeout: float = 60.0) -> list:
+    """One embedding, or the ClientError of a refused image, per image (see `each`)."""
+    return each(lambda batch: predict(url, batch, signature, fmt, timeout), images)
+
+
+def retrieval_url(predict_url: str) -> str:
+    """The predict URL of the retrieval model served beside the model of `predict_url`."""
+    base = re.fullmatch(r"(.*/v1/models/[^/:]+)(?:/versions/\d+)?:predict", predict_url).group(1)
+    return f"{base}-retrieval:predict"
+
+
+def has_model(predict_url: str, timeout: float = 60.0) -> bool:
+    """Whether the server answers the status route of the model of `predict_url` (404: no)."""
+    try:
+        call(predict_url.rsplit(":", 1)[0], timeout=timeout)
+    except ClientError as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
 
 
 def read_files(paths: list[str]) -> list:
@@ -192,7 +224,7 @@ def main(argv=None) -> int:
     files = read_files(args.images)
     errors = {i: why for i, why in enumerate(files) if isinstance(why, str)}
     readable = [i for i in range(len(files)) if i not in errors]
-    embeddings, index = {}, None
+    embeddings, index, searched = {}, None, None
     try:
         url = args.url
         if args.index:
@@ -200,8 +232,17 @@ def main(argv=None) -> int:
             index = index_lib.RetrievalIndex.read(args.index)
             url, version = pin_version(args.url, args.timeout)
             check_server(index_lib, index, url, version, args)
-        answers = predict_each(url, [files[i] for i in readable], args.signature, args.format,
-                               args.timeout) if readable else []
+            searched = retrieval_url(args.url)
+            if not has_model(searched, args.timeout):
+                searched = None
+        if searched:
+            print(f"searching server-side with {searched} (the served model matches "
+                  f"{args.index})", file=sys.stderr)
+            answers = each(lambda batch: search(searched, batch, args.k, args.timeout),
+                           [files[i] for i in readable]) if readable else []
+        else:
+            answers = predict_each(url, [files[i] for i in readable], args.signature,
+                                   args.format, args.timeout) if readable else []
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -214,7 +255,9 @@ def main(argv=None) -> int:
         else:
             embeddings[i] = answer
     hits = {}
-    if index is not None and embeddings:
+    if searched:
+        hits = {i: [index_lib.Hit(**h) for h in found] for i, found in embeddings.items()}
+    elif index is not None and embeddings:
         hits = dict(zip(embeddings, index.search(list(embeddings.values()), args.k)))
     for i, path in enumerate(args.images):
         if i in errors:

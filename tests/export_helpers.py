@@ -117,18 +117,39 @@ def load_client():
     return client
 
 
-def start_server(base_path: str, name: str = "diva") -> tuple[subprocess.Popen, str]:
-    """`python -m diva_tf.serve --port 0` in a subprocess; returns it and its base URL."""
+def free_port() -> int:
+    """A loopback port free right now (the server binds it a moment later)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(base_path: str, name: str = "diva", *flags: str,
+                 timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    """`python -m diva_tf.serve` on a free port in a subprocess, once all its models are ready
+    (`GET /v2/health/ready`); returns it and its base URL."""
+    import time
+    import urllib.request
+
+    port = free_port()
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([PYTHON, "-m", "diva_tf.serve", "--model_base_path", base_path,
-                             "--model_name", name, "--port", "0"], cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("listening on"):
-        proc.kill()
-        log.seek(0)
-        raise AssertionError(f"server did not start: {line}{log.read()}")
-    return proc, line.split()[-1]
+                             "--model_name", name, "--port", str(port), *flags], cwd=REPO,
+                            env=subprocess_env(), stdout=log, stderr=log, text=True)
+    proc.log = log
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as reply:
+                if reply.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    log.seek(0)
+    raise AssertionError(f"server did not start (exit {proc.poll()}): {log.read()[-3000:]}")
 
 
 def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

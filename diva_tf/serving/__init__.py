@@ -1,3 +1,3 @@
 """Serving a trained model: the TF Serving SavedModel export (`export.py`), the faiss retrieval
-index over an export (`index.py`) and the local REST stand-in for tests and demos
-(`stand_in.py`, imported by nothing but `python -m diva_tf.serve`)."""
+index over an export (`index.py`), and the KServe model server (`server.py`, `retrieval.py`,
+with `rest_json.py`, `images.py`, `errors.py`; imported by nothing but `python -m diva_tf.serve`)."""
