@@ -1,7 +1,11 @@
 """`python -m diva_tf.index build --saved_model export/models/diva[/N] --images DIR
-[--labels_from_folders] --out INDEX_DIR` and `python -m diva_tf.index search --index INDEX_DIR
---saved_model export/models/diva[/N] [--k 5] IMAGE...`: a faiss retrieval index over an export
-(`diva_tf.serving.index` says what it holds and checks)."""
+[--labels_from_folders] [--index_type Flat|HNSW32|IVF1024,Flat|OPQ64,IVF4096,PQ64|...]
+[--nprobe N] [--ef_search N] --out INDEX_DIR`,
+`python -m diva_tf.index add --index INDEX_DIR --saved_model ... --images DIR`,
+`python -m diva_tf.index remove --index INDEX_DIR --ids 3,17` and
+`python -m diva_tf.index search --index INDEX_DIR --saved_model export/models/diva[/N] [--k 5]
+IMAGE...`: a faiss retrieval index over an export (`diva_tf.serving.index` says what it holds and
+checks; docs/indexes.md which index type when)."""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ if __name__ == "__main__":  # first, before TensorFlow is imported
 
 import sys
 
-from diva_tf.serving.index import (IndexDataError, IndexMismatchError, build_index, format_hits,
-                                    search_images)
+from diva_tf.serving.index import (DEFAULT_INDEX_TYPE, DEFAULT_SEED, DEFAULT_TRAIN_SIZE,
+                                    IndexDataError, IndexMismatchError, add_images, build_index,
+                                    format_hits, remove_items, search_images)
 
 
 def _define_flags() -> None:
@@ -21,19 +26,30 @@ def _define_flags() -> None:
 
     flags.DEFINE_string("saved_model", "export/models/diva",
                         "Export version folder, or its base path (-> highest version).")
-    flags.DEFINE_string("images", None, "build: folder of images to index (searched recursively).")
+    flags.DEFINE_string("images", None,
+                        "build, add: folder of images to index (searched recursively).")
     flags.DEFINE_bool("labels_from_folders", False,
-                      "build: label = first sub-folder below --images.")
+                      "build, add: label = first sub-folder below --images.")
     flags.DEFINE_string("out", None, "build: output index folder.")
-    flags.DEFINE_integer("batch_size", 64, "build: images per SavedModel call.")
-    flags.DEFINE_string("index", None, "search: index folder.")
+    flags.DEFINE_integer("batch_size", 64, "build, add: images per SavedModel call.")
+    flags.DEFINE_string("index_type", DEFAULT_INDEX_TYPE,
+                        "build: faiss index_factory string (Flat = exact; docs/indexes.md).")
+    flags.DEFINE_integer("nprobe", None,
+                         "build, search: IVF lists searched per query (default: the manifest's).")
+    flags.DEFINE_integer("ef_search", None,
+                         "build, search: HNSW efSearch (default: the manifest's).")
+    flags.DEFINE_integer("train_size", DEFAULT_TRAIN_SIZE,
+                         "build: gallery vectors a trained index type trains on.")
+    flags.DEFINE_integer("seed", DEFAULT_SEED, "build: seed of the training sample.")
+    flags.DEFINE_string("index", None, "search, add, remove: index folder.")
+    flags.DEFINE_list("ids", None, "remove: item ids to remove (items.json `id`).")
     flags.DEFINE_integer("k", 5, "search: neighbours per query.")
 
 
-def run_search(index_dir: str, saved_model: str, images: list[str], k: int) -> int:
+def run_search(index_dir: str, saved_model: str, images: list[str], k: int, **knobs) -> int:
     """Print the hits of each query and one error line per query that failed; exit code."""
     status = 0
-    for query, result in zip(images, search_images(index_dir, saved_model, images, k)):
+    for query, result in zip(images, search_images(index_dir, saved_model, images, k, **knobs)):
         if isinstance(result, str):
             print(f"error: {query}: {result}", file=sys.stderr, flush=True)
             status = 2
@@ -42,32 +58,56 @@ def run_search(index_dir: str, saved_model: str, images: list[str], k: int) -> i
     return status
 
 
+def parse_ids(values: list[str]) -> list[int]:
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise IndexDataError(f"--ids={','.join(values)}: must be item ids (integers)") from None
+
+
+def run(command: str | None, args: list[str], f) -> int:
+    from absl import app
+
+    knobs = {"nprobe": f.nprobe, "ef_search": f.ef_search}
+    if command == "build":
+        if args or not f.images or not f.out:
+            raise app.UsageError("build needs --images and --out, and no positional arguments")
+        build_index(f.saved_model, f.images, f.out, f.labels_from_folders, f.batch_size,
+                    f.index_type, train_size=f.train_size, seed=f.seed, **knobs)
+    elif command == "add":
+        if args or not f.images or not f.index:
+            raise app.UsageError("add needs --index and --images, and no positional arguments")
+        add_images(f.index, f.saved_model, f.images, f.labels_from_folders, f.batch_size)
+    elif command == "remove":
+        if args or not f.index or not f.ids:
+            raise app.UsageError("remove needs --index and --ids, and no positional arguments")
+        remove_items(f.index, parse_ids(f.ids))
+    elif command == "search":
+        if not args or not f.index:
+            raise app.UsageError("search needs --index and at least one IMAGE")
+        return run_search(f.index, f.saved_model, args, f.k, **knobs)
+    else:
+        raise app.UsageError("usage: python -m diva_tf.index build|add|remove|search [flags] "
+                             "[IMAGE...]")
+    return 0
+
+
 def main(argv) -> int:
-    from absl import app, flags
+    from absl import flags
 
     f = flags.FLAGS
     command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
-    for name in ("k", "batch_size"):
-        if f[name].value < 1:
+    for name in ("k", "batch_size", "train_size", "nprobe", "ef_search"):
+        if f[name].value is not None and f[name].value < 1:
             print(f"error: --{name}={f[name].value}: must be at least 1", file=sys.stderr)
             return 2
     from diva_tf.serving.export import ExportError  # after the flag checks: it imports TensorFlow
 
     try:
-        if command == "build":
-            if args or not f.images or not f.out:
-                raise app.UsageError("build needs --images and --out, and no positional arguments")
-            build_index(f.saved_model, f.images, f.out, f.labels_from_folders, f.batch_size)
-        elif command == "search":
-            if not args or not f.index:
-                raise app.UsageError("search needs --index and at least one IMAGE")
-            return run_search(f.index, f.saved_model, args, f.k)
-        else:
-            raise app.UsageError("usage: python -m diva_tf.index build|search [flags] [IMAGE...]")
+        return run(command, args, f)
     except (IndexMismatchError, IndexDataError, ExportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

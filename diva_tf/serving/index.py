@@ -1,7 +1,9 @@
 """Image retrieval over a diva_tf export: a faiss inner-product index of its unit-norm embeddings.
 
 `python -m diva_tf.index build --saved_model export/models/diva[/N] --images DIR
-[--labels_from_folders] --out INDEX_DIR`
+[--labels_from_folders] [--index_type FACTORY] [--nprobe N] [--ef_search N] --out INDEX_DIR`
+`python -m diva_tf.index add --index INDEX_DIR --saved_model ... --images DIR`
+`python -m diva_tf.index remove --index INDEX_DIR --ids 3,17`
 `python -m diva_tf.index search --index INDEX_DIR --saved_model export/models/diva[/N] [--k 5]
 IMAGE...`
 
@@ -21,6 +23,16 @@ head weights and other preprocessing, with TF Serving or the stand-in alike.
 `build --out DIR` writes the new index into a hidden folder beside DIR and swaps it in at the end
 (`diva_tf.serving.export.swap_in`): a killed build leaves the previous index readable, and the next build
 removes a dead build's leftovers. DIR must be an index folder or empty (nothing else is replaced).
+`add` and `remove` rewrite the index the same way.
+
+The faiss index is `--index_type`, an `index_factory` string (`PRESETS` lists the documented ones):
+`Flat` (default) is the exact `IndexFlatIP`, faiss label = position = item id, as indexes built
+before index types existed. Other types keep stable item ids (their own for IVF, an `IndexIDMap2`
+around the others), so `remove` never renumbers. Trained types (IVF, PQ, OPQ) train on a seeded
+sample of the gallery. Search-time knobs (`nprobe` for IVF, `efSearch` for HNSW) are stored in the
+manifest and applied by `RetrievalIndex.read`. `read` maps the index file into memory
+(`IO_FLAG_MMAP_IFC`): vectors, codes and inverted lists are paged in as searches touch them; an
+HNSW graph is still read whole.
 
 Query files that cannot be read or decoded are reported one line each (`FILE: why`); the other
 queries are still answered, and the command then exits 2.
@@ -31,6 +43,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import re
@@ -46,6 +59,18 @@ PROBE_SIZE = 32
 # Max abs difference of a served probe embedding (unit norm) from the stored one. The same
 # SavedModel on other hardware (GPU, TF32) stays well below; other weights move it by ~1e-1.
 PROBE_ATOL = 1e-3
+DEFAULT_INDEX_TYPE = "Flat"
+# Documented index types by gallery size (docs/indexes.md has the measured trade-offs).
+PRESETS = {
+    "Flat": "exact; up to ~100k items (a full scan per query, 2 KB per 512-d item)",
+    "HNSW32": "approximate graph; 100k to a few million items when memory holds the vectors",
+    "IVF1024,Flat": "inverted lists of full vectors; 100k to 1M items, cheaper to grow than HNSW",
+    "OPQ64,IVF4096,PQ64": "compressed (72 B per item); 1M+ items in little memory, lower recall",
+}
+DEFAULT_TRAIN_SIZE = 100_000
+DEFAULT_SEED = 0
+# Search-time knobs: (manifest key, default, what it needs).
+KNOBS = {"nprobe": (16, "IVF"), "efSearch": (64, "HNSW")}
 
 
 class IndexMismatchError(RuntimeError):
@@ -53,7 +78,8 @@ class IndexMismatchError(RuntimeError):
 
 
 class IndexDataError(RuntimeError):
-    """An index folder that cannot be read, or --out that must not be replaced."""
+    """An index folder that cannot be read, --out that must not be replaced, or index settings
+    (type, knobs, ids) that do not fit the index."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,45 +207,208 @@ def check_identity(built: dict, given: dict, index_dir: str) -> None:
         f"`python -m diva_tf.index build --saved_model {given['saved_model']} ...`")
 
 
+def served_mismatch(manifest: dict, model_version, probe_embedding, index_dir: str,
+                    atol: float = PROBE_ATOL) -> str | None:
+    """Why a model answering as `model_version` with `probe_embedding` did not build the index
+    (None if it did)."""
+    built = manifest["model"]
+    dim = len(probe_embedding)
+    if str(built["model_version"]) != str(model_version) or built["embedding_dim"] != dim:
+        return (f"index {index_dir} was built with model version {built['model_version']} "
+                f"(embedding dim {built['embedding_dim']}) but the server answered with version "
+                f"{model_version} (embedding dim {dim}); rebuild the index")
+    stored = np.asarray(manifest["probe"]["embedding"], np.float64)
+    diff = float(np.max(np.abs(np.asarray(probe_embedding, np.float64) - stored)))
+    if not diff <= atol:  # also refuses NaN
+        return (f"index {index_dir} was built with another model than the one served as version "
+                f"{model_version}: its probe image embeds {diff:.3g} away (max abs difference, "
+                f"tolerance {atol:g}); serve {built['saved_model']} or rebuild the index from the "
+                "served SavedModel")
+    return None
+
+
 def check_served(manifest: dict, model_version, probe_embedding, index_dir: str,
                   atol: float = PROBE_ATOL) -> None:
     """Check a REST server against the index: the version and dimension it answered with, and
     its embedding of the probe image (`probe_bytes`) against the one stored at build time."""
-    built = manifest["model"]
-    dim = len(probe_embedding)
-    if str(built["model_version"]) != str(model_version) or built["embedding_dim"] != dim:
-        raise IndexMismatchError(
-            f"index {index_dir} was built with model version {built['model_version']} "
-            f"(embedding dim {built['embedding_dim']}) but the server answered with version "
-            f"{model_version} (embedding dim {dim}); rebuild the index")
-    stored = np.asarray(manifest["probe"]["embedding"], np.float64)
-    diff = float(np.max(np.abs(np.asarray(probe_embedding, np.float64) - stored)))
-    if not diff <= atol:  # also refuses NaN
-        raise IndexMismatchError(
-            f"index {index_dir} was built with another model than the one served as version "
-            f"{model_version}: its probe image embeds {diff:.3g} away (max abs difference, "
-            f"tolerance {atol:g}); serve {built['saved_model']} or rebuild the index from the "
-            "served SavedModel")
+    why = served_mismatch(manifest, model_version, probe_embedding, index_dir, atol)
+    if why:
+        raise IndexMismatchError(why)
+
+
+def check_export(manifest: dict, export, index_dir: str) -> None:
+    """`export` may extend the index if it is the SavedModel that built it, or one that embeds
+    the probe the same (a re-export of the same weights); else IndexMismatchError."""
+    built, given = manifest["model"], model_identity(export)
+    if built["fingerprint"] == given["fingerprint"]:
+        return
+    if "probe" in manifest:
+        probe = export.embed_bytes([probe_bytes(manifest, index_dir)])[0]
+        if served_mismatch(manifest, given["model_version"], probe, index_dir) is None:
+            return
+    check_identity(built, given, index_dir)
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+# ---- faiss index types ------------------------------------------------------------------------
+def faiss_reason(error: RuntimeError) -> str:
+    """The message of a faiss C++ exception without its `Error in <signature> at file:line:`."""
+    text = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+    return re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "", text)
+
+
+def ivf_of(index):
+    """The IVF index inside `index` (through IDMap / pre-transforms), or None."""
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def new_index(index_type: str, dim: int):
+    """An empty faiss inner-product index of `index_type`. `Flat` is the plain IndexFlatIP
+    (labels are positions); IVF types keep the ids they are given; other types are wrapped in an
+    IndexIDMap2 so that items keep their ids through `remove`."""
+    import faiss
+
+    if index_type == DEFAULT_INDEX_TYPE:
+        return faiss.IndexFlatIP(dim)
+    try:
+        index = faiss.index_factory(dim, index_type, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise IndexDataError(f"--index_type {index_type!r}: not a faiss index_factory string for "
+                             f"{dim}-d vectors ({faiss_reason(e)}); presets: "
+                             f"{', '.join(PRESETS)}") from None
+    if ivf_of(index) is None and not isinstance(index, faiss.IndexIDMap):
+        index = faiss.IndexIDMap2(index)
+    return index
+
+
+def search_params(index, index_type: str, nprobe: int | None = None,
+                  ef_search: int | None = None, stored: dict | None = None) -> dict:
+    """The knobs `index` searches with: `stored` (a manifest's), overridden by the arguments,
+    defaults (KNOBS) for the knobs its type has. IndexDataError for a knob the type lacks or a
+    value out of range."""
+    import faiss
+
+    given = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
+    flag = {"nprobe": "--nprobe", "efSearch": "--ef_search"}
+    params = {}
+    for name, (default, kind) in KNOBS.items():
+        value = given.get(name, (stored or {}).get(name))
+        try:
+            faiss.ParameterSpace().set_index_parameter(index, name, default)
+        except RuntimeError:
+            if name in given:
+                raise IndexDataError(f"{flag[name]} applies to {kind} indexes only, not "
+                                     f"--index_type {index_type}") from None
+            continue
+        params[name] = default if value is None else value
+        if isinstance(params[name], bool) or not isinstance(params[name], int) or params[name] < 1:
+            raise IndexDataError(f"{flag[name]}={params[name]}: must be an integer >= 1")
+    ivf = ivf_of(index)
+    if ivf is not None and params["nprobe"] > ivf.nlist:
+        if "nprobe" in given:
+            raise IndexDataError(f"--nprobe={params['nprobe']}: the index has only {ivf.nlist} "
+                                 "inverted lists")
+        params["nprobe"] = ivf.nlist
+    return params
+
+
+def apply_search_params(index, params: dict) -> None:
+    import faiss
+
+    for name, value in params.items():
+        faiss.ParameterSpace().set_index_parameter(index, name, value)
+
+
+def train(index, vectors: np.ndarray, index_type: str, size: int, seed: int) -> dict | None:
+    """Train `index` on `size` gallery vectors drawn without replacement (seeded); what it was
+    trained on, or None for types that need no training."""
+    if index.is_trained:
+        return None
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), min(size, len(vectors)),
+                                                      replace=False))
+    try:
+        index.train(vectors[rows])
+    except RuntimeError as e:
+        raise IndexDataError(f"--index_type {index_type}: cannot train on {len(rows)} vectors "
+                             f"({faiss_reason(e)}); index more images or choose a smaller type "
+                             "(presets: see docs/indexes.md)") from None
+    return {"size": int(len(rows)), "seed": seed}
+
+
+def add_vectors(index, vectors: np.ndarray, ids: np.ndarray):
+    """`index` with `vectors` added under `ids` (a plain IndexFlatIP stays plain while ids are
+    positions, as they are until the first removal)."""
+    import faiss
+
+    if isinstance(index, faiss.IndexFlat):
+        if np.array_equal(ids, np.arange(index.ntotal, index.ntotal + len(ids))):
+            index.add(vectors)
+            return index
+        index = with_id_map(index)
+    index.add_with_ids(vectors, ids.astype(np.int64))
+    return index
+
+
+def with_id_map(flat):
+    """A plain IndexFlatIP (labels = positions) as an IndexIDMap2 with the same labels."""
+    import faiss
+
+    mapped = faiss.IndexIDMap2(faiss.IndexFlatIP(flat.d))
+    mapped.add_with_ids(flat.reconstruct_n(0, flat.ntotal), np.arange(flat.ntotal, dtype=np.int64))
+    return mapped
+
+
+def remove_vectors(index, ids: np.ndarray):
+    """`index` without `ids`. Types that cannot remove (HNSW) get their structure rebuilt from
+    the vectors they store, in the order they were added, i.e. as a build of the rest would."""
+    import faiss
+
+    if isinstance(index, faiss.IndexFlat):
+        index = with_id_map(index)
+    try:
+        index.remove_ids(ids.astype(np.int64))
+        return index
+    except RuntimeError:
+        pass
+    inner = faiss.downcast_index(index.index)
+    labels = faiss.vector_to_array(index.id_map)
+    keep = ~np.isin(labels, ids)
+    vectors = inner.reconstruct_n(0, inner.ntotal)[keep]
+    fresh = faiss.clone_index(inner)  # same type, training and parameters
+    fresh.reset()
+    rebuilt = faiss.IndexIDMap2(fresh)
+    rebuilt.add_with_ids(vectors, labels[keep])
+    return rebuilt
+
+
+def read_faiss(path: str, mmap: bool):
+    import faiss
+
+    return faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0)
+
+
 # ---- the index ------------------------------------------------------------------------------
 @dataclasses.dataclass
 class RetrievalIndex:
-    index: object  # faiss.IndexFlatIP
-    items: list[dict]  # id -> {"id", "path", "label"}
+    index: object  # a faiss index whose labels are item ids
+    items: list[dict]  # [{"id", "path", "label"}]
     manifest: dict
     index_dir: str = ""
 
     @classmethod
-    def read(cls, index_dir: str) -> "RetrievalIndex":
-        """Load without checking the model (see `open_index`); IndexDataError if the folder is
-        not a complete index."""
-        import faiss
-
+    def read(cls, index_dir: str, nprobe: int | None = None, ef_search: int | None = None,
+             mmap: bool = True) -> "RetrievalIndex":
+        """Load without checking the model (see `open_index`), memory-mapped unless `mmap` is
+        False (an index to modify); search knobs from the manifest unless given. IndexDataError
+        if the folder is not a complete index."""
         if not os.path.isdir(index_dir):
             from diva_tf.serving.export import clean_stale  # imports TensorFlow: only when needed
 
@@ -233,7 +422,7 @@ class RetrievalIndex:
         manifest = _read_json(index_dir, MANIFEST_FILE, dict)
         items = _read_json(index_dir, ITEMS_FILE, list)
         try:
-            index = faiss.read_index(os.path.join(index_dir, INDEX_FILE))
+            index = read_faiss(os.path.join(index_dir, INDEX_FILE), mmap)
         except RuntimeError as e:
             raise IndexDataError(f"index {index_dir}: cannot read {INDEX_FILE} "
                                  f"({str(e).strip().splitlines()[-1]}); rebuild the index") from None
@@ -242,7 +431,14 @@ class RetrievalIndex:
                                  f"{INDEX_FILE} holds {index.ntotal} vectors, {MANIFEST_FILE} "
                                  f"names {'a' if 'model' in manifest else 'no'} model: the "
                                  "files do not belong together; rebuild the index")
+        index_type = manifest.get("index_type", DEFAULT_INDEX_TYPE)
+        apply_search_params(index, search_params(index, index_type, nprobe, ef_search,
+                                                 manifest.get("search")))
         return cls(index, items, manifest, index_dir)
+
+    @functools.cached_property
+    def by_id(self) -> dict[int, dict]:
+        return {item["id"]: item for item in self.items}
 
     def search(self, embeddings: np.ndarray, k: int = 5) -> list[list[Hit]]:
         """Top-k hits (highest cosine similarity first) for each row of `embeddings`."""
@@ -251,8 +447,10 @@ class RetrievalIndex:
         queries = np.ascontiguousarray(np.atleast_2d(embeddings), dtype=np.float32)
         if queries.shape[1] != self.index.d:
             raise IndexMismatchError(f"query dim {queries.shape[1]} != index dim {self.index.d}")
+        if not self.index.ntotal:
+            return [[] for _ in queries]
         scores, ids = self.index.search(queries, min(k, self.index.ntotal))
-        return [[Hit(int(i), self.items[i]["path"], self.items[i]["label"], float(s))
+        return [[Hit(int(i), self.by_id[i]["path"], self.by_id[i]["label"], float(s))
                  for i, s in zip(row_ids, row_scores) if i >= 0]
                 for row_ids, row_scores in zip(ids, scores)]
 
@@ -313,48 +511,120 @@ def write_index(out_dir: str, index, items: list[dict], manifest: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_index(saved_model: str, images_dir: str, out_dir: str, labels_from_folders: bool = False,
-                batch_size: int = 64) -> RetrievalIndex:
-    """Embed every image under images_dir and write index.faiss, items.json and manifest.json."""
-    import faiss
+def embed_gallery(export, images_dir: str, labels_from_folders: bool, batch_size: int,
+                  first_id: int = 0, known: frozenset = frozenset()):
+    """(embeddings, items numbered from first_id) of the images under images_dir whose absolute
+    path is not in `known`; unreadable files are skipped and logged."""
     from absl import logging
 
-    from diva_tf.serving.export import load_export
-
-    check_replaceable(out_dir)
-    export = load_export(saved_model)
+    root = os.path.abspath(images_dir)
     paths = find_images(images_dir)
     if not paths:
         raise FileNotFoundError(f"no image files under {images_dir}")
+    paths = [p for p in paths if os.path.abspath(p) not in known]
     embeddings, kept, failed = embed_files(export, paths, batch_size)
     if failed:
         logging.warning("skipped %d of %d image(s) that could not be read or decoded, e.g. %s",
                         len(failed), len(paths),
                         "; ".join(f"{paths[i]}: {why}" for i, why in sorted(failed.items())[:3]))
-    root = os.path.abspath(images_dir)
     kept_paths = [os.path.abspath(paths[i]) for i in kept]
     items = [{"id": n, "path": p, "label": folder_label(root, p) if labels_from_folders else None}
-             for n, p in enumerate(kept_paths)]
-    index = faiss.IndexFlatIP(embeddings.shape[1])
-    index.add(embeddings)
-    manifest = {"model": model_identity(export), "probe": make_probe(export), "images": root,
-                "count": len(items), "skipped": len(failed),
+             for n, p in enumerate(kept_paths, first_id)]
+    return embeddings, items, len(failed)
+
+
+def build_index(saved_model: str, images_dir: str, out_dir: str, labels_from_folders: bool = False,
+                batch_size: int = 64, index_type: str = DEFAULT_INDEX_TYPE,
+                nprobe: int | None = None, ef_search: int | None = None,
+                train_size: int = DEFAULT_TRAIN_SIZE, seed: int = DEFAULT_SEED) -> RetrievalIndex:
+    """Embed every image under images_dir and write index.faiss, items.json and manifest.json.
+    `index_type` is a faiss index_factory string (see PRESETS); trained types train on
+    `train_size` gallery vectors drawn with `seed`."""
+    from absl import logging
+
+    from diva_tf.serving.export import load_export
+
+    check_replaceable(out_dir)
+    if train_size < 1:
+        raise IndexDataError(f"--train_size={train_size}: must be at least 1")
+    export = load_export(saved_model)
+    index = new_index(index_type, export.manifest["embedding_dim"])
+    params = search_params(index, index_type, nprobe, ef_search)  # refuse before embedding
+    embeddings, items, skipped = embed_gallery(export, images_dir, labels_from_folders, batch_size)
+    trained = train(index, embeddings, index_type, train_size, seed)
+    index = add_vectors(index, embeddings, np.array([i["id"] for i in items], np.int64))
+    apply_search_params(index, params)
+    manifest = {"model": model_identity(export), "probe": make_probe(export),
+                "images": os.path.abspath(images_dir), "count": len(items), "skipped": skipped,
                 "labels_from_folders": labels_from_folders,
                 "metric": "inner_product (cosine on unit-norm embeddings)",
-                "built_at": _now()}
+                "built_at": _now(), "index_type": index_type}
+    if params:
+        manifest["search"] = params
+    if trained:
+        manifest["train"] = trained
     write_index(out_dir, index, items, manifest)
-    logging.info("indexed %d image(s) from %s into %s (dim %d, model version %s)", len(items),
-                 images_dir, out_dir, embeddings.shape[1], manifest["model"]["model_version"])
+    logging.info("indexed %d image(s) from %s into %s (%s, dim %d, model version %s)", len(items),
+                 images_dir, out_dir, index_type, embeddings.shape[1],
+                 manifest["model"]["model_version"])
     return RetrievalIndex(index, items, manifest, out_dir)
 
 
-def search_images(index_dir: str, saved_model: str, images: list[str],
-                  k: int = 5) -> list[list[Hit] | str]:
-    """Embed query image files with the SavedModel the index was built with, and search. Per
-    query, in order: its hits, or why it could not be read or decoded (one line)."""
+def add_images(index_dir: str, saved_model: str, images_dir: str,
+               labels_from_folders: bool = False, batch_size: int = 64) -> RetrievalIndex:
+    """Embed the images under images_dir that the index does not hold yet (by path) with the
+    SavedModel that built it (fingerprint or probe checked) and add them under new ids; the
+    index is rewritten atomically. A trained index keeps its training (new items are encoded
+    with it)."""
+    from absl import logging
+
     from diva_tf.serving.export import load_export
 
-    index = RetrievalIndex.read(index_dir)
+    old = RetrievalIndex.read(index_dir, mmap=False)
+    export = load_export(saved_model)
+    check_export(old.manifest, export, index_dir)
+    first_id = old.manifest.get("next_id", max((i["id"] for i in old.items), default=-1) + 1)
+    embeddings, items, skipped = embed_gallery(export, images_dir, labels_from_folders,
+                                               batch_size, first_id,
+                                               frozenset(i["path"] for i in old.items))
+    index = add_vectors(old.index, embeddings, np.array([i["id"] for i in items], np.int64))
+    manifest = dict(old.manifest, count=len(old.items) + len(items),
+                    skipped=old.manifest.get("skipped", 0) + skipped,
+                    next_id=first_id + len(items), updated_at=_now())
+    write_index(index_dir, index, old.items + items, manifest)
+    logging.info("added %d image(s) from %s to %s (now %d)", len(items), images_dir, index_dir,
+                 manifest["count"])
+    return RetrievalIndex.read(index_dir)
+
+
+def remove_items(index_dir: str, ids: list[int]) -> RetrievalIndex:
+    """Remove items by id (items.json's `id`, a hit's `id`); the index is rewritten atomically
+    and the other items keep their ids."""
+    from absl import logging
+
+    old = RetrievalIndex.read(index_dir, mmap=False)
+    unknown = sorted(set(ids) - set(old.by_id))
+    if unknown:
+        raise IndexDataError(f"--ids: index {index_dir} has no item with id "
+                             f"{', '.join(map(str, unknown[:5]))}{' ...' if len(unknown) > 5 else ''}")
+    gone = set(ids)
+    index = remove_vectors(old.index, np.array(sorted(gone), np.int64))
+    items = [i for i in old.items if i["id"] not in gone]
+    next_id = old.manifest.get("next_id", max(old.by_id, default=-1) + 1)
+    manifest = dict(old.manifest, count=len(items), next_id=next_id, updated_at=_now())
+    write_index(index_dir, index, items, manifest)
+    logging.info("removed %d item(s) from %s (now %d)", len(gone), index_dir, len(items))
+    return RetrievalIndex.read(index_dir)
+
+
+def search_images(index_dir: str, saved_model: str, images: list[str], k: int = 5,
+                  nprobe: int | None = None, ef_search: int | None = None) -> list[list[Hit] | str]:
+    """Embed query image files with the SavedModel the index was built with, and search (knobs:
+    the manifest's unless given). Per query, in order: its hits, or why it could not be read or
+    decoded (one line)."""
+    from diva_tf.serving.export import load_export
+
+    index = RetrievalIndex.read(index_dir, nprobe, ef_search)
     export = load_export(saved_model)
     check_identity(index.manifest["model"], model_identity(export), index_dir)
     embeddings, kept, failed = embed_files(export, images)
