@@ -8,12 +8,14 @@ files (unreadable ones skipped with one warning).
 
 from __future__ import annotations
 
+import os
+
 from absl import logging
 
 from diva_tf.core.choices import lookup
 from diva_tf.data import cars196, cub200, emoji, folder, sop, tfds_source
 from diva_tf.data.errors import DataError
-from diva_tf.data.imagefiles import drop_unreadable
+from diva_tf.data.imagefiles import drop_unreadable, list_class_dirs
 from diva_tf.data.splits import Splits, cap_images, carve_validation, split_from_classes
 
 # --dataset name -> loader(DataOptions) -> (train ClassList, test ClassList): the one dataset
@@ -31,6 +33,18 @@ def load_classes(options) -> tuple[list, list]:
             return tfds_source.load(options.dataset, options.tfds_data_dir)
         logging.warning("--tfds_data_dir is ignored for --dataset=%s", options.dataset)
     return load(options)
+
+
+def dataset_in(data_dir: str, default: str) -> str:
+    """The dataset a folder holds, read from the folder: 'emoji' for a prepared emoji folder,
+    'folder' for any other folder of class folders, else `default` (the catalog datasets' folders,
+    whose layout their loaders check). Lets a model trained on one dataset be evaluated on a
+    folder of another."""
+    if emoji.read_manifest(data_dir) is not None:
+        return "emoji"
+    if default in ("emoji", "folder") and os.path.isdir(data_dir) and list_class_dirs(data_dir):
+        return "folder"
+    return default
 
 
 def check_classes(classes: list, what: str, min_classes: int) -> None:
