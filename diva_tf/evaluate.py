@@ -36,6 +36,7 @@ import os
 from typing import Callable
 
 from diva_tf.config import HEAD_NAMES, Config, ConfigError, parse_weights
+from diva_tf.core.cli import reports_errors
 from diva_tf.evaluation import (FAISS_DEFAULT_SEED, combination_name, default_recall_k,
                                 embed_dataset, evaluate_embeddings, format_table,
                                 named_embeddings, save_retrievals, write_json)
@@ -219,24 +220,18 @@ def parse_recall_k(values) -> list:
     return ks
 
 
+@reports_errors()
 def main(argv) -> int:
-    from absl import app, flags, logging
-
-    from diva_tf.data import DataError
-    from diva_tf.serving.export import ExportError
+    from absl import app, flags
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]} (flags need --name=value)")
     f = flags.FLAGS
-    try:
-        recall_k = parse_recall_k(f.recall_k)
-        target = target_from_flags(f)
-        run(target, parse_combinations(f.eval_combinations, len(target.cfg.diva_features)),
-            recall_k, f.n_clusters, f.seed, f.output_json, f.save_retrievals, f.retrievals_png,
-            f.retrievals_k, classes=f.classes)
-    except (ConfigError, DataError, ExportError) as e:
-        logging.error("%s", e)
-        return 2
+    recall_k = parse_recall_k(f.recall_k)
+    target = target_from_flags(f)
+    run(target, parse_combinations(f.eval_combinations, len(target.cfg.diva_features)),
+        recall_k, f.n_clusters, f.seed, f.output_json, f.save_retrievals, f.retrievals_png,
+        f.retrievals_k, classes=f.classes)
     return 0
 
 

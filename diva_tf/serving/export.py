@@ -44,6 +44,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from diva_tf.core.errors import DivaError
+
 MANIFEST_FILE = "diva_manifest.json"
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serve_images"
@@ -52,7 +54,7 @@ IMAGES_INPUT = "images"
 EMBEDDING_OUTPUT = "embedding"
 
 
-class ExportError(RuntimeError):
+class ExportError(DivaError, RuntimeError):
     """An export that must not happen (e.g. it would overwrite a published version)."""
 
 

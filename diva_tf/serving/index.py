@@ -38,6 +38,8 @@ import shutil
 
 import numpy as np
 
+from diva_tf.core.errors import DivaError
+
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.json"
 MANIFEST_FILE = "manifest.json"
@@ -48,11 +50,11 @@ PROBE_SIZE = 32
 PROBE_ATOL = 1e-3
 
 
-class IndexMismatchError(RuntimeError):
+class IndexMismatchError(DivaError, RuntimeError):
     """The index was built by another SavedModel than the one it is queried with."""
 
 
-class IndexDataError(RuntimeError):
+class IndexDataError(DivaError, RuntimeError):
     """An index folder that cannot be read, or --out that must not be replaced."""
 
 

@@ -38,6 +38,7 @@ from absl import logging
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
+from diva_tf.core.errors import DivaError
 from diva_tf.serving.export import IDENTITY_FILES, list_versions
 
 BANNER = ("LOCAL STAND-IN for TensorFlow Serving's REST API (tests/demos only); "
@@ -61,7 +62,7 @@ _HTTP_OF_TF_CODE = {
 }
 
 
-class RestError(Exception):
+class RestError(DivaError):
     """An error reply: HTTP status + TF Serving's `{"error": message}` body."""
 
     def __init__(self, status: int, message: str):
