@@ -9,7 +9,7 @@ if __name__ == "__main__":  # first, before TensorFlow is imported
 
     quiet_third_party()
 
-from diva_tf.config.run_folder import export_workdir
+from diva_tf.runs.run_folder import export_workdir
 from diva_tf.core.cli import reports_errors
 from diva_tf.serving.export import read_manifest
 
@@ -32,7 +32,7 @@ def main(argv) -> int:
     from absl import app, flags, logging
 
     from diva_tf.config import parse_weights
-    from diva_tf.config.run_folder import load_config
+    from diva_tf.runs.run_folder import load_config
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

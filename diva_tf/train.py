@@ -1,6 +1,6 @@
 """Train DiVA: `python -m diva_tf.train --flagfile=configs/<name>.flags [--flag=value ...]`.
 
-Flags -> Config (validated before any data is read), then `diva_tf.config.run_folder.train`: the
+Flags -> Config (validated before any data is read), then `diva_tf.runs.run_folder.train`: the
 --workdir lock, data, and `diva_tf.training.run.TrainingRun` (strategy, trainer, checkpoint
 restore, queue fill, `fit` with the run's callbacks), the implementation `diva_tf.train` gives
 Python users too. Rerunning the same command resumes from the last checkpoint in --workdir; a loss
@@ -12,11 +12,10 @@ from __future__ import annotations
 from absl import app
 
 from diva_tf.config.flags import config_from_flags, define_flags, use_short_help
-from diva_tf.config.run_folder import check_resume_compatible
-from diva_tf.config.run_folder import train as run
 from diva_tf.core.cli import reports_errors
+from diva_tf.runs.run_folder import train as run
 
-__all__ = ["check_resume_compatible", "main", "run"]
+__all__ = ["flags", "main", "run"]
 
 USAGE = """Train a DiVA model (several embedding heads learned together) into --workdir; rerunning
 the same command resumes the run.

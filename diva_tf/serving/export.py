@@ -2,7 +2,7 @@
 
 `python -m diva_tf.export --workdir DIR --export_dir export/models/diva [--version N]
 [--checkpoint best|last] [--head_weights 0.5,1,1,1] [--overwrite]` (a run folder's export,
-`diva_tf.config.run_folder.export_workdir`), or `export_model` on any embedding model.
+`diva_tf.runs.run_folder.export_workdir`), or `export_model` on any embedding model.
 
 Layout (what TF Serving watches): `<export_dir>/<version>/saved_model.pb`, `variables/`,
 `assets/diva_manifest.json`. A version is written to a hidden temporary folder beside it and
