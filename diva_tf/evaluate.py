@@ -9,19 +9,10 @@ combination, with Recall@k, NMI, F1, mAP@C, MAP@R and R-precision.
     python -m diva_tf.evaluate --saved_model export/models/diva --dataset folder --data_dir DIR \
         --classes all
 
-The model is either a training run's weights (`diva_tf.runs.run_folder.load_model`) or an exported
-SavedModel (its `serve_images` signature; a model base path resolves to its highest version).
-Both are evaluated by the same code: the per-head outputs are embedded, and combinations are
-formed here with `combine_heads` (the SavedModel's own "embedding" output is not used), so the same
-weights give the same numbers either way. k-means uses a fixed seed (faiss's default, 1234) and
-neighbour ties are broken by index, so a run is deterministic.
-
-Defaults: combinations are --eval_combinations, else the run's configured combinations, else the
-model's head weights (the dataset's published ones, or the exported manifest's). n_clusters is the
-number of training classes of the dataset's split rule (spec 7.2; a validation carve-out does not
-change the test split, and its classes count as training classes here); with --classes=all, the
-number of classes evaluated. --max_images caps every
-split as the training flag does (quick runs), so it also lowers that class count.
+The flags are parsed here; `diva_tf.runs.evaluate` (`evaluate_run`, `evaluate_export`) does the
+work and says what the defaults are. --eval_combinations replaces the default combinations;
+--max_images caps every split as the training flag does (quick runs), so it also lowers the
+k-means class count.
 """
 
 from __future__ import annotations
