@@ -3,8 +3,9 @@
 
 Per step: query forward on view 1 (frozen BN = training=False), key forward on view 2, embeddings,
 keys and labels all-gathered across replicas, the objective on the global batch scaled by
-1/replicas (Keras sums replica gradients, stack_notes trap 1), one optimizer step per parameter
-group, then the momentum update of the key encoder and the FIFO enqueue of this step's keys.
+1/replicas (Keras sums replica gradients, stack_notes trap 1), one step of each parameter group's
+optimizer (of the one optimizer of every group, when compile was given a Keras optimizer), then
+the momentum update of the key encoder and the FIFO enqueue of this step's keys.
 
 `fit` takes a dataset of class-balanced global batches: (view1, view2, labels) as
 `diva_tf.data.train_dataset` makes them, or (images, labels), the key encoder then seeing the same
