@@ -219,7 +219,7 @@ def check_same_settings(a, row: str, seed: int) -> None:
     another --chosen): the same rule as `diva_tf.train` applies when it resumes a run."""
     from diva_tf.config import Config, ConfigError
     from diva_tf.config.flags import FLAGS, config_from_flags, define_flags
-    from diva_tf.train import check_resume_compatible
+    from diva_tf.runs.run_folder import check_resume_compatible
 
     define_flags()
     FLAGS.unparse_flags()

@@ -47,7 +47,7 @@ def diversity(embs: dict, labels: np.ndarray, heads: list) -> dict:
 def embed_run(workdir: str, split: str, which: str, data_dir: str = ""):
     from diva_tf import data
     from diva_tf.evaluation import embed_dataset
-    from diva_tf.config.run_folder import load_model
+    from diva_tf.runs.run_folder import load_model
 
     model, cfg = load_model(workdir, which)
     cfg.data_dir = data_dir or cfg.data_dir

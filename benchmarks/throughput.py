@@ -115,9 +115,13 @@ def _trainer(cfg, num_classes: int, steps: int):
         trainer = DiVATrainer(cfg, num_classes, steps_per_epoch=steps)
         trainer.compile_for_training()
         return trainer
-    trainer = DiVATrainer(cfg, num_classes, batch_size=cfg.bs, steps_per_epoch=steps,
-                          epochs=cfg.n_epochs, objective=cfg, optimizer=cfg, seed=cfg.seed)
-    trainer.compile(jit_compile=cfg.jit_compile)
+    if "steps_per_epoch" in inspect.signature(DiVATrainer).parameters:  # before issue 33
+        trainer = DiVATrainer(cfg, num_classes, batch_size=cfg.bs, steps_per_epoch=steps,
+                              epochs=cfg.n_epochs, objective=cfg, optimizer=cfg, seed=cfg.seed)
+        trainer.compile(jit_compile=cfg.jit_compile)
+        return trainer
+    trainer = DiVATrainer(cfg, num_classes, batch_size=cfg.bs, objective=cfg, seed=cfg.seed)
+    trainer.compile(optimizer=cfg, jit_compile=cfg.jit_compile)
     return trainer
 
 

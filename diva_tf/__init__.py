@@ -9,9 +9,13 @@ does not load TensorFlow:
 - data: `load_splits`, `split_from_folder`, `split_from_arrays`; `train_dataset` (DiVA's
   class-balanced two-view batches of a split) and `eval_dataset`.
 - model: `build_embedding_model`.
-- training: `DiVATrainer` (a keras.Model: `compile`, `fill_queue`, `fit` on your batches),
+- objectives: `register_loss`, `register_miner` (decorators: a loss or miner by name, for
+  `ObjectiveOptions(loss=..., miner=...)` and --loss / --miner).
+- training: `DiVATrainer` (a keras.Model: `compile`, `fit` on your batches, `evaluate`),
   `train_model` (a whole run in a run folder, as `python -m diva_tf.train`), `load_model`.
-- evaluation: `evaluate_model` (Recall@k, NMI, F1, mAP@C, MAP@R, R-precision on a split).
+- evaluation: `evaluate_model` (Recall@k, NMI, F1, mAP@C, MAP@R, R-precision on a split),
+  `evaluate_run` / `evaluate_export` (a run folder's or an export's model on its dataset, as
+  `python -m diva_tf.evaluate`).
 - serving: `export_model`, `load_export` (TF Serving SavedModel), `build_index`, `open_index`,
   `search_images` (faiss retrieval index over an export).
 - errors: `DivaError` (base of `ConfigError`), `DataError`.
@@ -39,9 +43,13 @@ _API = {
     "eval_dataset": "diva_tf.data.pipeline",
     "build_embedding_model": "diva_tf.model.network",
     "DiVATrainer": "diva_tf.training.trainer",
-    "train_model": "diva_tf.config.run_folder",
-    "load_model": "diva_tf.config.run_folder",
+    "register_loss": "diva_tf.objectives.registry",
+    "register_miner": "diva_tf.objectives.registry",
+    "train_model": "diva_tf.runs.run_folder",
+    "load_model": "diva_tf.runs.run_folder",
     "evaluate_model": "diva_tf.evaluation.model_eval",
+    "evaluate_run": "diva_tf.runs.evaluate",
+    "evaluate_export": "diva_tf.runs.evaluate",
     "export_model": "diva_tf.serving.export",
     "load_export": "diva_tf.serving.export",
     "build_index": "diva_tf.serving.index",

@@ -9,10 +9,9 @@ if __name__ == "__main__":  # first, before TensorFlow is imported
 
     quiet_third_party()
 
-import sys
-
-from diva_tf.config.run_folder import export_workdir
-from diva_tf.serving.export import ExportError, read_manifest
+from diva_tf.runs.run_folder import export_workdir
+from diva_tf.core.cli import reports_errors
+from diva_tf.serving.export import read_manifest
 
 
 def _define_flags() -> None:
@@ -28,24 +27,20 @@ def _define_flags() -> None:
     flags.mark_flag_as_required("workdir")
 
 
+@reports_errors(OSError)
 def main(argv) -> int:
     from absl import app, flags, logging
 
-    from diva_tf.config import ConfigError, parse_weights
-    from diva_tf.config.run_folder import load_config
+    from diva_tf.config import parse_weights
+    from diva_tf.runs.run_folder import load_config
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    try:
-        weights = None
-        if f.head_weights:
-            weights = parse_weights(f.head_weights, len(load_config(f.workdir).diva_features))
-        path = export_workdir(f.workdir, f.export_dir, f.version, f.checkpoint, weights,
-                              f.overwrite)
-    except (ConfigError, ExportError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    weights = None
+    if f.head_weights:
+        weights = parse_weights(f.head_weights, len(load_config(f.workdir).diva_features))
+    path = export_workdir(f.workdir, f.export_dir, f.version, f.checkpoint, weights, f.overwrite)
     manifest = read_manifest(path)
     logging.info("exported %s (heads %s, head weights %s, embedding dim %d)", path,
                  manifest["heads"], manifest["head_weights"], manifest["embedding_dim"])

@@ -1,6 +1,6 @@
 """Train DiVA: `python -m diva_tf.train --flagfile=configs/<name>.flags [--flag=value ...]`.
 
-Flags -> Config (validated before any data is read), then `diva_tf.config.run_folder.train`: the
+Flags -> Config (validated before any data is read), then `diva_tf.runs.run_folder.train`: the
 --workdir lock, data, and `diva_tf.training.run.TrainingRun` (strategy, trainer, checkpoint
 restore, queue fill, `fit` with the run's callbacks), the implementation `diva_tf.train` gives
 Python users too. Rerunning the same command resumes from the last checkpoint in --workdir; a loss
@@ -9,16 +9,13 @@ that becomes NaN or inf stops the run (exit 2) before anything of that epoch is 
 
 from __future__ import annotations
 
-import sys
-
 from absl import app
 
-from diva_tf.core.errors import DivaError
 from diva_tf.config.flags import config_from_flags, define_flags, use_short_help
-from diva_tf.config.run_folder import check_resume_compatible
-from diva_tf.config.run_folder import train as run
+from diva_tf.core.cli import reports_errors
+from diva_tf.runs.run_folder import train as run
 
-__all__ = ["check_resume_compatible", "main", "run"]
+__all__ = ["flags", "main", "run"]
 
 USAGE = """Train a DiVA model (several embedding heads learned together) into --workdir; rerunning
 the same command resumes the run.
@@ -30,22 +27,19 @@ KEY_FLAGS = ("dataset", "data_dir", "train_classes", "test_classes", "val_classe
              "workdir", "backbone", "backbone_weights", "diva_features", "n_epochs", "bs", "lr",
              "eval_every")
 
-define_flags()
-use_short_help(USAGE, KEY_FLAGS)
 
 
+def flags() -> None:
+    """Define the training flags and the short --help (what `python -m diva_tf.train` parses)."""
+    define_flags()
+    use_short_help(USAGE, KEY_FLAGS)
+
+
+@reports_errors()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]} (flags need --name=value)")
-    from diva_tf.data.errors import DataError
-    from diva_tf.model.backbones.registry import BackboneError
-
-    try:
-        run(config_from_flags())
-    except (DivaError, DataError, BackboneError, FloatingPointError) as e:
-        # FloatingPointError: callbacks.NonFiniteLoss, a loss term that became NaN or inf.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run(config_from_flags())
     return 0
 
 
@@ -53,4 +47,5 @@ if __name__ == "__main__":
     from diva_tf.core.quiet import quiet_third_party
 
     quiet_third_party()  # before TensorFlow is imported (by the run)
+    flags()
     app.run(main)

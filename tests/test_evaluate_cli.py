@@ -173,6 +173,12 @@ def test_workdir_and_saved_model_give_identical_results(run_and_data, tmp_path):
     assert (target.cfg.crop, target.cfg.resize, target.cfg.dataset) == (32, 36, "folder")
     from_export = evaluate.run(target, combos, [1, 2], verbose=False)
     assert from_export == from_workdir
+    # the library functions the CLI calls
+    import diva_tf
+
+    again = dict(data_dir=data_dir, combinations=combos, recall_k=[1, 2], verbose=False)
+    assert diva_tf.evaluate_run(workdir, **again) == from_workdir
+    assert diva_tf.evaluate_export(base, **again) == from_workdir
 
 
 def test_all_classes_of_a_folder(run_and_data):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diva_tf.config.run_folder import export_workdir
+from diva_tf.runs.run_folder import export_workdir
 from diva_tf.serving import export
 import export_helpers as helpers
 from export_helpers import (METRICS, PROBE, PYTHON, check, make_workdir, run, sample_images,
@@ -191,7 +191,7 @@ def test_run_metrics(trained, tmp_path):
 # ---- leftovers of killed exports (issue 25) ---------------------------------------------------
 KILLED_EXPORT = textwrap.dedent("""
     import os, signal, sys
-    from diva_tf.config.run_folder import export_workdir
+    from diva_tf.runs.run_folder import export_workdir
     from diva_tf.serving import export
     workdir, base, version, point = sys.argv[1:5]
 

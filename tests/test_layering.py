@@ -13,7 +13,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Subpackage -> rank. A module may import from its own subpackage and from lower ranks only; two
 # subpackages of the same rank (data, model) may not import each other.
 LAYERS = {"core": 0, "data": 1, "model": 1, "objectives": 2, "evaluation": 3, "training": 4,
-          "serving": 5, "config": 6}
+          "serving": 5, "config": 6, "runs": 7}
 # The top: the package's public API (diva_tf/__init__.py) and the command-line entry points.
 TOP = "top"
 TOP_MODULES = {"__init__", "train", "evaluate", "export", "index", "serve"}

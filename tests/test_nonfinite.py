@@ -16,7 +16,7 @@ import tensorflow as tf
 from diva_tf import train
 from diva_tf.training.callbacks import NonFiniteLoss, StopOnNonFinite
 from diva_tf.objectives.objective import DiVAObjective
-from diva_tf.config.run_folder import load_config
+from diva_tf.runs.run_folder import load_config
 from test_train_cli import _flags, _records, folder_data, run_train  # noqa: F401 (fixture)
 
 

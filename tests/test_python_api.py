@@ -27,7 +27,7 @@ def example(tmp_path_factory):
     my_images/ (12 classes of 6 images)."""
     with open(DOC) as f:
         code = [b.code for b in blocks(DOC, f.read()) if b.kind == "python"]
-    assert len(code) == 7
+    assert len(code) == 8
     folder = tmp_path_factory.mktemp("api")
     make_folder_dataset(str(folder / "my_images"), n_classes=12, per_class=6)
     cwd = os.getcwd()
@@ -51,12 +51,33 @@ def combined_test_embedding(model, ns):
     return emb / np.linalg.norm(emb, axis=1, keepdims=True), np.concatenate(labels)
 
 
-def test_fit_trains_and_the_callback_logs_test_recall(example):
-    ns, _ = example
+def test_fit_trains_logs_validation_metrics_and_evaluate_agrees(example):
+    ns, folder = example
     history = ns["history"].history
     assert len(history["loss"]) == 2 and np.all(np.isfinite(history["loss"]))
     assert {"discriminative", "selfsimilarity", "shared", "intra", "decorrelation"} <= set(history)
-    assert history["test_recall@1"][-1] == ns["scores"]["combined[1,1,1,1]"]["recall@1"]
+    flat = {f"{name}/{metric}": float(value) for name, metrics in ns["scores"].items()
+            for metric, value in metrics.items()}
+    assert ns["test_scores"] == flat  # trainer.evaluate == evaluate_model after training
+    assert history["val_combined[1,1,1,1]/recall@1"][-1] == flat["combined[1,1,1,1]/recall@1"]
+    with open(os.path.join(folder, "history.csv")) as f:
+        assert len(f.read().splitlines()) == 3  # CSVLogger: a header and one row per epoch
+
+
+def test_a_registered_loss_is_the_one_that_trains(example):
+    from diva_tf.objectives import registry
+
+    ns, _ = example
+    assert registry.LOSSES["contrastive"].fn is ns["contrastive"]
+    assert np.isfinite(ns["custom_history"].history["discriminative"]).all()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5)).astype("float32")
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(4), 2)
+    cosine, same = x @ x.T, (labels[:, None] == labels[None]) & ~np.eye(8, dtype=bool)
+    other = labels[:, None] != labels[None]
+    want = np.mean(1 - cosine[same]) + np.mean(np.maximum(cosine[other] - 0.5, 0))
+    assert float(ns["contrastive"](x, labels)) == pytest.approx(want, rel=1e-5)
 
 
 def test_scores_match_a_numpy_reference(example):

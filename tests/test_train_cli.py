@@ -84,7 +84,7 @@ def test_run_writes_everything_a_user_needs(full_run):
 def test_saved_weights_reload_through_workdir(full_run):
     import tensorflow as tf
 
-    from diva_tf.config.run_folder import load_model
+    from diva_tf.runs.run_folder import load_model
 
     workdir, _ = full_run
     model, cfg = load_model(workdir, "last")

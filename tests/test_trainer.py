@@ -1,5 +1,8 @@
 """The custom train_step under tf.distribute: global-batch gradients, key-encoder EMA, queue."""
 
+import os
+import tempfile
+
 import keras
 import numpy as np
 import pytest
@@ -20,14 +23,14 @@ def _batch(seed=0, bs=8):
     return v1, v2, np.repeat(np.arange(bs // 2), 2).astype("int32")
 
 
-def _trainer(strategy, cfg=CFG, num_classes=4):
+def _trainer(strategy, cfg=CFG, num_classes=4, optimizer=None):
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        t = DiVATrainer(cfg, num_classes, batch_size=cfg.bs, steps_per_epoch=5,
-                        epochs=cfg.n_epochs, objective=cfg, optimizer=cfg, seed=cfg.seed)
-        t.compile(jit_compile=cfg.jit_compile)
+        t = DiVATrainer(cfg, num_classes, batch_size=cfg.bs, objective=cfg, seed=cfg.seed)
+        t.compile(optimizer=cfg if optimizer is None else optimizer, jit_compile=cfg.jit_compile)
         if t.use_keys:
             t.queue.assign(tf.math.l2_normalize(tf.random.stateless_normal(t.queue.shape, [1, 2]), -1))
+            t.queue_filled.assign(True)
     return t
 
 
@@ -92,8 +95,7 @@ def test_unequal_head_dims_train_with_queue_and_regressors_sized_per_head():
 
 def test_betas_and_regressors_train_without_weight_decay():
     cfg = CFG.replace(decay=10.0)
-    t = _trainer(tf.distribute.get_strategy())
-    t.optimizer_options = cfg
+    t = _trainer(tf.distribute.get_strategy(), optimizer=cfg)
     grads, *_ = t.compute_gradients(*_batch(2))
     t_plain = _trainer(tf.distribute.get_strategy())
     plain, *_ = t_plain.compute_gradients(*_batch(2))
@@ -162,3 +164,106 @@ def test_fc_lr_gives_the_heads_their_own_learning_rate():
             want = -lr * g[clear] / (np.abs(g[clear]) + ADAM_EPSILON / np.sqrt(1e-3))
             assert np.all(np.abs(step[clear] - want) <= 1e-3 * lr + ulp[clear])
             assert np.all(np.abs(step) <= lr + ulp)
+
+
+def test_a_keras_optimizer_trains_every_group_in_one_step():
+    """compile(optimizer=<Keras optimizer>): one optimizer, one apply a step, over the network,
+    betas and regressors, without DiVA's coupled L2: SGD's w1 = w0 - lr * g for every variable."""
+    t = _trainer(tf.distribute.get_strategy(), optimizer=keras.optimizers.SGD(0.1))
+    assert len({id(o) for o in t.optimizers.values()}) == 1 and t.coupled_decay("network") == 0.0
+    batch = _batch(3)
+    grads, *_ = t.compute_gradients(*batch)
+    before = {id(v): v.numpy().copy() for g, vs in grads.values() for v in vs}
+    t.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1, verbose=0)
+    assert int(t.optimizer.iterations) == 1
+    assert set(grads) == {"network", "beta", "regressor"}
+    for g, variables in grads.values():
+        for gi, v in zip(g, variables):
+            np.testing.assert_allclose(v.numpy(), before[id(v)] - 0.1 * gi.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_compile_takes_no_loss_and_a_group_dict_must_cover_every_group():
+    from diva_tf.core.errors import ConfigError
+
+    t = _trainer(tf.distribute.get_strategy())
+    with pytest.raises(ConfigError, match="no loss"):
+        t.compile(loss="mse")
+    with pytest.raises(ConfigError, match=r"group\(s\) \['beta', 'regressor', 'proxy'\]"):
+        t.compile(optimizer={"network": "adam"})
+
+
+def test_schedules_follow_the_epochs_fit_runs():
+    """Step decay by epoch with fit's initial_epoch, and cosine ending at fit's last epoch."""
+    seen = []
+
+    class LearningRates(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(self.model.optimizers["network"].learning_rate))
+
+    batches = tf.data.Dataset.from_tensors(_batch(2)).repeat()
+    t = _trainer(tf.distribute.get_strategy(), optimizer=CFG.replace(tau=[2], gamma=0.5))
+    t.fit(batches, initial_epoch=1, epochs=4, steps_per_epoch=2, callbacks=[LearningRates()],
+          verbose=0)
+    np.testing.assert_allclose(seen, [1e-3] * 2 + [5e-4] * 4, rtol=1e-6)
+    seen.clear()
+    t = _trainer(tf.distribute.get_strategy(), optimizer=CFG.replace(scheduler="cosine"))
+    t.fit(batches, epochs=3, steps_per_epoch=1, callbacks=[LearningRates()], verbose=0)
+    np.testing.assert_allclose(seen, 1e-3 * 0.5 * (1 + np.cos(np.pi * np.arange(3) / 3)),
+                               rtol=1e-5)
+
+
+def test_fit_fills_an_empty_queue_from_its_first_batches_once():
+    from diva_tf.core.errors import ConfigError
+
+    keras.utils.set_random_seed(0)
+    t = DiVATrainer(CFG, 4, batch_size=8, objective=CFG, seed=CFG.seed)
+    t.compile(optimizer=CFG)
+    with pytest.raises(ConfigError, match="fill_queue"):
+        t.fit(iter([_batch(6)]), epochs=1, steps_per_epoch=1, verbose=0)
+    b0, b1 = _batch(6), _batch(7)
+    fill_b1 = t.key_encoder(b1[0], training=False)["selfsimilarity"].numpy()
+    step_keys = t.key_encoder(b0[1], training=False)["selfsimilarity"].numpy()
+    batches = tf.data.Dataset.from_tensors(b0).concatenate(tf.data.Dataset.from_tensors(b1))
+    t.fit(batches, epochs=1, steps_per_epoch=1, verbose=0)
+    # filled with [keys(b0), keys(b1)] (view 1), then the step on b0 enqueued its view-2 keys
+    np.testing.assert_allclose(t.queue.numpy()[:8], fill_b1, atol=1e-5)
+    np.testing.assert_allclose(t.queue.numpy()[8:], step_keys, atol=1e-5)
+    restored = DiVATrainer(CFG, 4, batch_size=8, objective=CFG, seed=CFG.seed)
+    restored.compile(optimizer=CFG)
+    ckpt_dir = tf.train.Checkpoint(trainer=t).write(os.path.join(tempfile.mkdtemp(), "ckpt"))
+    tf.train.Checkpoint(trainer=restored).read(ckpt_dir).assert_existing_objects_matched()
+    queue = restored.queue.numpy().copy()
+    restored.fit(batches, epochs=1, steps_per_epoch=1, verbose=0)  # no refill: FIFO goes on
+    np.testing.assert_allclose(restored.queue.numpy()[:8], queue[8:], atol=0)
+
+
+def _eval_data(n_classes=5, per_class=4, seed=0):
+    rng = np.random.RandomState(seed)
+    images = rng.uniform(0, 255, (n_classes * per_class, 32, 32, 3)).astype("float32")
+    return images, np.repeat(np.arange(n_classes), per_class)
+
+
+def test_evaluate_gives_the_retrieval_metrics_of_every_head_and_the_combination():
+    from reference_metrics import retrieval
+
+    t = _trainer(tf.distribute.get_strategy())
+    images, labels = _eval_data()
+    scores = t.evaluate(tf.data.Dataset.from_tensor_slices((images, labels)).batch(8),
+                        recall_k=(1, 2))
+    embs = {h: v.numpy() for h, v in t.embedder(images, training=False).items()}
+    combined = np.concatenate([embs[h] for h in t.embedder.output], axis=1) / 2.0  # 4 unit heads
+    for name, emb in {**embs, "combined[1,1,1,1]": combined}.items():
+        want = retrieval(emb, labels, (1, 2))
+        for metric in ("recall@1", "recall@2", "map@r"):
+            assert scores[f"{name}/{metric}"] == pytest.approx(want[metric], abs=1e-6), name
+    assert t.evaluate(images, labels, batch_size=6, recall_k=(1, 2)) == scores
+
+
+def test_fit_validation_data_logs_the_retrieval_metrics():
+    t = _trainer(tf.distribute.get_strategy())
+    images, labels = _eval_data()
+    history = t.fit(tf.data.Dataset.from_tensors(_batch(1)), epochs=1, steps_per_epoch=1,
+                    validation_data=tf.data.Dataset.from_tensor_slices((images, labels)).batch(10),
+                    verbose=0)
+    scores = t.evaluate(tf.data.Dataset.from_tensor_slices((images, labels)).batch(10))
+    assert history.history["val_combined[1,1,1,1]/recall@1"] == [scores["combined[1,1,1,1]/recall@1"]]

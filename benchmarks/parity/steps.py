@@ -172,8 +172,8 @@ class StepParity:
         self.view1, self.view2, self.labels = view1, view2, labels
         self.feed = {}
         tf_side.feed_miners(self.feed)
-        self.trainers = {o: tf_side.build_trainer(cfg.replace(optimizer=o.split("+")[0]), num_classes,
-                                                  len(batches)) for o in optimizers}
+        self.trainers = {o: tf_side.build_trainer(cfg.replace(optimizer=o.split("+")[0]), num_classes)
+                         for o in optimizers}
         self.records = {o: {"steps": []} for o in optimizers}
         self.initial = None
         self.g = None

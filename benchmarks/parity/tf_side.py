@@ -55,12 +55,11 @@ def epoch_batches(cfg, labels, epoch: int, steps: int) -> np.ndarray:
     return cfg.sampler(cfg.seed, cfg.steps_per_epoch).epoch_indices(np.asarray(labels), epoch, steps)
 
 
-def build_trainer(cfg, num_classes: int, steps_per_epoch: int):
+def build_trainer(cfg, num_classes: int):
     import tensorflow as tf  # noqa: F401  (registers the TF backend before keras builds)
     from diva_tf.training.trainer import DiVATrainer
-    trainer = DiVATrainer(cfg, num_classes, batch_size=cfg.bs, steps_per_epoch=steps_per_epoch,
-                          epochs=cfg.n_epochs, objective=cfg, optimizer=cfg, seed=cfg.seed)
-    trainer.compile(jit_compile=cfg.jit_compile)
+    trainer = DiVATrainer(cfg, num_classes, batch_size=cfg.bs, objective=cfg, seed=cfg.seed)
+    trainer.compile(optimizer=cfg, jit_compile=cfg.jit_compile)
     return trainer
 
 
@@ -90,8 +89,6 @@ def train_step(trainer, view1, view2, labels) -> tuple[dict, dict]:
     """One eager `DiVATrainer.train_step`; returns ({variable id: loss gradient without the coupled
     L2}, {term: value}) as seen inside that step."""
     import tensorflow as tf
-    from diva_tf.training.optimizers import DECAYED_GROUPS
-
     seen = {}
     compute = trainer.compute_gradients
 
@@ -107,7 +104,7 @@ def train_step(trainer, view1, view2, labels) -> tuple[dict, dict]:
     grads, total, terms, _ = seen["out"]
     out = {}
     for group, (g, variables) in grads.items():
-        decay = trainer.optimizer_options.decay if group in DECAYED_GROUPS else 0.0
+        decay = trainer.coupled_decay(group)
         for gi, v in zip(g, variables):
             out[id(v)] = np.asarray(gi) - np.float32(decay) * v.numpy()
     return out, {"loss": float(total), **{k: float(v) for k, v in terms.items()}}
@@ -208,7 +205,7 @@ def speed_trainer(backbone: str, image_size: int, bs: int, config_path: str):
     weights = "imagenet" if backbone.startswith("efficientnet_lite") else "none"
     cfg = load_config(config_path, backbone=backbone, backbone_weights=weights, crop=image_size,
                       resize=image_size, bs=bs, data_dir="")
-    trainer = build_trainer(cfg, num_classes=bs // 2, steps_per_epoch=1)
+    trainer = build_trainer(cfg, num_classes=bs // 2)
     rng = np.random.RandomState(0)
     batch = (tf.constant(rng.uniform(0, 255, (bs, image_size, image_size, 3)).astype("float32")),
              tf.constant(rng.uniform(0, 255, (bs, image_size, image_size, 3)).astype("float32")),

@@ -1,7 +1,7 @@
 """Flags -> `Config`: the one place where command-line flags become a validated configuration
-(`config.py`, the union of the option groups), the absl flags generated from its fields
-(`flags.py`), and what needs a Config to work: a training run's folder, trained, resumed, loaded
-and exported through its config.json (`run_folder.py`)."""
+(`config.py`, the union of the option groups) and the absl flags generated from its fields
+(`flags.py`). A run folder trained, resumed, loaded and exported through its config.json is
+`diva_tf.runs`."""
 
 from diva_tf.config.config import Config
 from diva_tf.core.errors import ConfigError

@@ -1,6 +1,6 @@
 """Looking a flag's value up in the registry of its choice (the registries live with the code they
 build: datasets in `diva_tf.data`, samplers in `diva_tf.data.sampler`, backbones in
-`diva_tf.model.backbones.registry`, discriminative losses in `diva_tf.objectives.losses.registry`)."""
+`diva_tf.model.backbones.registry`, losses and miners in `diva_tf.objectives.registry`)."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ import sys
 
 from absl import flags, logging
 
+from diva_tf.core.cli import reports_errors
 from diva_tf.data.emoji_prepare import NPM_CACHE_ENV, SOURCE_SIZE, VENDORS, prepare_emoji
-from diva_tf.data.errors import DataError
 from diva_tf.data.glyphs_prepare import (DEFAULT_CLASSES, DEFAULT_FONTS, DEFAULT_SIZE, FONTS,
                                          prepare_glyphs)
 
@@ -58,17 +58,14 @@ def _glyphs(args) -> tuple[dict, bool]:
     return prepare_glyphs(args.out, args.n_classes, args.size, fonts, args.cache, args.fonts_dir)
 
 
+@reports_errors()
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     flags.FLAGS.mark_as_parsed()  # absl logging without absl flags (argparse parses here)
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
     if args.dataset == "glyphs":
-        try:
-            manifest, did_work = _glyphs(args)
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        manifest, did_work = _glyphs(args)
         state = "prepared" if did_work else "already prepared (same arguments); nothing to do:"
         images = manifest["num_classes"] * len(manifest["fonts"])
         print(f"glyphs {state} {args.out}: {manifest['num_classes']} classes x "
@@ -76,11 +73,7 @@ def main(argv=None) -> int:
               f"= {images} images, {manifest['arguments']['size']} px")
         return 0
     vendors = [v.strip() for v in args.vendors.split(",") if v.strip()]
-    try:
-        manifest, did_work = prepare_emoji(args.out, vendors, args.size, args.npm_cache)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    manifest, did_work = prepare_emoji(args.out, vendors, args.size, args.npm_cache)
     state = "prepared" if did_work else "already prepared (same vendors and size); nothing to do:"
     print(f"emoji {state} {args.out}: {manifest['num_classes']} classes x "
           f"{len(manifest['vendors'])} vendors ({','.join(manifest['vendors'])}), "

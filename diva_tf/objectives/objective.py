@@ -2,8 +2,8 @@
 decorrelation regressors and, for the proxy loss, the class proxies.
 
 Pure loss functions live in `diva_tf.objectives.losses` and miners in `diva_tf.objectives.miners`; this layer only picks
-which apply to the configured heads and sums them with their weights. The discriminative loss comes
-from `diva_tf.objectives.losses.DISCRIMINATIVE_LOSSES`.
+which apply to the configured heads and sums them with their weights. The discriminative loss and
+its miner are the registered ones of --loss and --miner (`diva_tf.objectives.registry`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from diva_tf.objectives import diagnostics, losses, miners
+from diva_tf.objectives import diagnostics, losses, miners, registry
 from diva_tf.objectives.options import ObjectiveOptions
 
 MARGIN_TASKS = ("discriminative", "shared", "intra")
@@ -35,8 +35,8 @@ class DiVAObjective(keras.layers.Layer):
         options.check_heads(self.heads)
         self.head_dims = {h: int(head_dims[h]) for h in self.heads}
         heads = self.heads
-        spec = losses.DISCRIMINATIVE_LOSSES[options.loss]
-        self.discriminative_loss = spec.build(**spec.args_from(options))
+        spec = registry.LOSSES[options.loss]
+        self.discriminative_loss = registry.build_loss(options.loss, options.miner, options)
         self.margin = options.loss_margin_margin
         self.lower_cutoff = options.miner_distance_lower_cutoff
         self.alpha = {"selfsimilarity": options.diva_alpha_ssl,
@@ -45,7 +45,7 @@ class DiVAObjective(keras.layers.Layer):
                                lower_cutoff=options.diva_moco_lower_cutoff,
                                upper_cutoff=options.diva_moco_upper_cutoff,
                                fixed=options.diva_fixed,
-                               **losses.SELF_SUPERVISED_LOSSES[options.diva_ssl])
+                               **registry.SELF_SUPERVISED_LOSSES[options.diva_ssl])
         self.margin_tasks = [t for t in MARGIN_TASKS
                              if t in heads and (t != "discriminative" or "beta" in spec.params)]
         # Beyond DiVA (aux_discriminative > 0): a class margin loss with its own betas on each
@@ -53,8 +53,7 @@ class DiVAObjective(keras.layers.Layer):
         self.aux_discriminative = float(options.diva_aux_discriminative)
         self.aux_disc_tasks = [f"{h}_disc" for h in heads
                                if h != "discriminative" and self.aux_discriminative > 0]
-        self.aux_margin_loss = losses.DISCRIMINATIVE_LOSSES["margin"].build(
-            margin=self.margin, lower_cutoff=self.lower_cutoff)
+        self.aux_margin_loss = registry.build_loss("margin", "distance", options)
         # Beyond DiVA (combined_loss > 0, CGD-style): the same class margin loss on the
         # equal-weight concatenation of the heads, i.e. on the embedding that is evaluated.
         self.combined_loss = float(options.diva_combined_loss)

@@ -5,12 +5,14 @@ encoder (`DanceOptions`), decorrelation (`DecorrelationOptions`) and the weight 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
+from diva_tf.core.errors import ConfigError
 from diva_tf.core.options import (COSINE, FRACTION, NON_NEGATIVE, POSITIVE, SPHERE_DISTANCE,
                                   Options, checked, option, require)
 from diva_tf.model.options import HEAD_NAMES
-from diva_tf.objectives.losses.registry import DISCRIMINATIVE_LOSSES, SELF_SUPERVISED_LOSSES
+from diva_tf.objectives.registry import LOSSES, MINERS, SELF_SUPERVISED_LOSSES
 
 
 @dataclass
@@ -26,10 +28,17 @@ class MarginOptions(Options):
 
 @dataclass
 class DiscriminativeOptions(Options):
-    """Which loss trains the discriminative head, and the alternatives' hyperparameters."""
+    """Which loss (and, for a triplet loss, which miner) trains the discriminative head, the
+    alternatives' hyperparameters, and the modules that register more of them."""
 
-    loss: str = option("margin", "Discriminative-head loss: " + " | ".join(DISCRIMINATIVE_LOSSES),
-                       choices=(DISCRIMINATIVE_LOSSES, "loss"))
+    user_modules: list = option([], "Python modules imported before --loss and --miner are "
+                                "looked up: their register_loss / register_miner decorators add "
+                                "names (e.g. --user_modules=my_losses --loss=my_loss).")
+    loss: str = option("margin", "Discriminative-head loss: " + " | ".join(LOSSES) + " or one "
+                       "registered by --user_modules.", choices=(LOSSES, "loss"))
+    miner: str = option("distance", "Miner of the triplets a triplet loss (margin, "
+                        "triplet_margin) trains on: " + " | ".join(MINERS) + " or one "
+                        "registered by --user_modules.", choices=(MINERS, "miner"))
     loss_triplet_margin: float = option(0.2, "triplet loss margin (semi-hard mining).",
                                         NON_NEGATIVE)
     loss_ms_alpha: float = option(2.0, "multi-similarity alpha.", POSITIVE)
@@ -40,6 +49,19 @@ class DiscriminativeOptions(Options):
                                      "scale.", POSITIVE)
     loss_proxy_margin: float = option(0.0, "proxy loss additive angular margin (0 = normalized "
                                       "softmax).", NON_NEGATIVE)
+
+    def validate(self) -> "DiscriminativeOptions":
+        for module in self.user_modules:
+            try:
+                importlib.import_module(module)
+            except Exception as e:  # the user's code: any failure is one line
+                raise ConfigError(f"--user_modules: importing {module!r} failed: "
+                                  f"{type(e).__name__}: {e}") from None
+        checked(self, DiscriminativeOptions)
+        require(LOSSES[self.loss].triplets or self.miner == "distance",
+                f"--miner={self.miner} needs a triplet loss; --loss={self.loss} mines its own "
+                "pairs")
+        return self
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 `python -m diva_tf.export --workdir DIR --export_dir export/models/diva [--version N]
 [--checkpoint best|last] [--head_weights 0.5,1,1,1] [--overwrite]` (a run folder's export,
-`diva_tf.config.run_folder.export_workdir`), or `export_model` on any embedding model.
+`diva_tf.runs.run_folder.export_workdir`), or `export_model` on any embedding model.
 
 Layout (what TF Serving watches): `<export_dir>/<version>/saved_model.pb`, `variables/`,
 `assets/diva_manifest.json`. A version is written to a hidden temporary folder beside it and
@@ -42,6 +42,7 @@ import tensorflow as tf
 
 # clean_stale, owned_tempdir and swap_in are also serving/index.py's (imported from here).
 from diva_tf.core.atomic import atomic_folder, clean_stale, owned_tempdir, swap_in  # noqa: F401
+from diva_tf.core.errors import DivaError
 
 MANIFEST_FILE = "diva_manifest.json"
 BYTES_SIGNATURE = "serving_default"
@@ -51,7 +52,7 @@ IMAGES_INPUT = "images"
 EMBEDDING_OUTPUT = "embedding"
 
 
-class ExportError(RuntimeError):
+class ExportError(DivaError, RuntimeError):
     """An export that must not happen (e.g. it would overwrite a published version)."""
 
 

@@ -51,6 +51,8 @@ import shutil
 
 import numpy as np
 
+from diva_tf.core.errors import DivaError
+
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.json"
 MANIFEST_FILE = "manifest.json"
@@ -73,11 +75,11 @@ DEFAULT_SEED = 0
 KNOBS = {"nprobe": (16, "IVF"), "efSearch": (64, "HNSW")}
 
 
-class IndexMismatchError(RuntimeError):
+class IndexMismatchError(DivaError, RuntimeError):
     """The index was built by another SavedModel than the one it is queried with."""
 
 
-class IndexDataError(RuntimeError):
+class IndexDataError(DivaError, RuntimeError):
     """An index folder that cannot be read, --out that must not be replaced, or index settings
     (type, knobs, ids) that do not fit the index."""
 

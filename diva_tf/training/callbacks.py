@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from diva_tf.core.errors import DivaError
 from diva_tf.objectives import diagnostics
 from diva_tf.training import workdir as wd
 from diva_tf.training.distribute import replica_disagreement
@@ -84,7 +85,7 @@ class EpochEnd(keras.callbacks.Callback):
         self.manager.save(checkpoint_number=done)
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(DivaError, FloatingPointError):
     """A loss term (or, after an epoch's last update, a weight) became NaN or inf."""
 
 

@@ -79,25 +79,25 @@ OPTIMIZERS = {"adam": OptimizerSpec(_adam, coupled_decay=True),
               "adam_torch": OptimizerSpec(_adam_torch, coupled_decay=True, undecayed="adam_torch")}
 
 
-def _step(base_lr, steps_per_epoch, *, milestones, gamma, total_epochs, warmup_epochs):
+def _step(base_lr, clock, *, milestones, gamma, warmup_epochs):
     from diva_tf.training.schedules import EpochStepDecay
-    return EpochStepDecay(base_lr, steps_per_epoch, milestones, gamma)
+    return EpochStepDecay(base_lr, milestones, gamma, clock)
 
 
-def _cosine(base_lr, steps_per_epoch, *, milestones, gamma, total_epochs, warmup_epochs):
+def _cosine(base_lr, clock, *, milestones, gamma, warmup_epochs):
     from diva_tf.training.schedules import EpochCosineDecay
-    return EpochCosineDecay(base_lr, steps_per_epoch, total_epochs, warmup_epochs)
+    return EpochCosineDecay(base_lr, warmup_epochs, clock)
 
 
 SCHEDULES = {"step": _step, "cosine": _cosine}
 
 
-def schedule_of(options: "OptimizerOptions", steps_per_epoch: int, epochs: int):
+def schedule_of(options: "OptimizerOptions", clock=None):
     """base_lr -> schedule of the shape `options` give (--scheduler, --tau, --gamma,
-    --warmup_epochs; cosine ends at `epochs`), shared by every parameter group."""
-    return functools.partial(SCHEDULES[options.scheduler], steps_per_epoch=steps_per_epoch,
-                             milestones=options.tau, gamma=options.gamma, total_epochs=epochs,
-                             warmup_epochs=options.warmup_epochs)
+    --warmup_epochs), shared by every parameter group; `clock` (`schedules.EpochClock`) is the
+    epoch and epoch count of the `fit` it follows (cosine ends at that fit's last epoch)."""
+    return functools.partial(SCHEDULES[options.scheduler], clock=clock, milestones=options.tau,
+                             gamma=options.gamma, warmup_epochs=options.warmup_epochs)
 
 
 DECAYED_GROUPS = ("network", "heads")
@@ -114,10 +114,10 @@ def make_optimizers(learning_rates: dict, schedule, optimizer: str = "adam", dec
     return {group: build(group, lr) for group, lr in learning_rates.items()}
 
 
-def optimizers_of(options: "OptimizerOptions", steps_per_epoch: int, epochs: int) -> dict:
+def optimizers_of(options: "OptimizerOptions", clock=None) -> dict:
     """{'network', ['heads',] 'beta', 'regressor', 'proxy'} -> optimizer, from the learning
-    rates of `OptimizerOptions`, its --optimizer / --decay and its schedule."""
-    return make_optimizers(options.learning_rates, schedule_of(options, steps_per_epoch, epochs),
+    rates of `OptimizerOptions`, its --optimizer / --decay and its schedule (following `clock`)."""
+    return make_optimizers(options.learning_rates, schedule_of(options, clock),
                            options.optimizer, options.decay)
 
 

@@ -71,10 +71,8 @@ class TrainingRun:
     def build_trainer(self) -> DiVATrainer:
         """The compiled trainer (call under the strategy's scope)."""
         trainer = DiVATrainer(self.model, self.num_classes, batch_size=self.pipeline.bs,
-                              steps_per_epoch=self.steps_per_epoch, epochs=self.run.n_epochs,
-                              objective=self.objective, optimizer=self.optimizer,
-                              seed=self.run.seed)
-        trainer.compile(jit_compile=self.run.jit_compile)
+                              objective=self.objective, seed=self.run.seed)
+        trainer.compile(optimizer=self.optimizer, jit_compile=self.run.jit_compile)
         return trainer
 
     def fit(self) -> dict:

@@ -3,8 +3,9 @@
 
 Per step: query forward on view 1 (frozen BN = training=False), key forward on view 2, embeddings,
 keys and labels all-gathered across replicas, the objective on the global batch scaled by
-1/replicas (Keras sums replica gradients, stack_notes trap 1), one optimizer step per parameter
-group, then the momentum update of the key encoder and the FIFO enqueue of this step's keys.
+1/replicas (Keras sums replica gradients, stack_notes trap 1), one step of each parameter group's
+optimizer (of the one optimizer of every group, when compile was given a Keras optimizer), then
+the momentum update of the key encoder and the FIFO enqueue of this step's keys.
 
 `fit` takes a dataset of class-balanced global batches: (view1, view2, labels) as
 `diva_tf.data.train_dataset` makes them, or (images, labels), the key encoder then seeing the same
@@ -14,9 +15,12 @@ second image (samples_per_class >= 2) for the margin losses.
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import tensorflow as tf
 
+from diva_tf.core.errors import ConfigError
 from diva_tf.model.backbones.batchnorm import synchronize_batchnorm
 from diva_tf.model.network import build_embedding_model, head_variables
 from diva_tf.model.options import ModelOptions
@@ -25,6 +29,7 @@ from diva_tf.objectives.options import ObjectiveOptions
 from diva_tf.training.distribute import num_workers
 from diva_tf.training.optimizers import DECAYED_GROUPS, OPTIMIZERS, add_coupled_l2, optimizers_of
 from diva_tf.training.options import OptimizerOptions
+from diva_tf.training.schedules import EpochClock
 
 
 def enqueue(queue, keys):
@@ -72,22 +77,32 @@ def _gather(x):
     return _dense_gradient(ctx.all_gather(x, axis=0))
 
 
+class _FollowEpochs(keras.callbacks.Callback):
+    """Sets the trainer's `EpochClock` to the epoch `fit` starts (what the schedules read)."""
+
+    def __init__(self, clock: EpochClock):
+        super().__init__()
+        self.clock = clock
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.clock.epoch.assign(epoch)
+
+
 class DiVATrainer(keras.Model):
     """Holds the query network (`embedder`, what gets evaluated and exported), key encoder, queue,
     objective and one optimizer per parameter group.
 
-    Built from `ModelOptions` (network), `ObjectiveOptions` (objective, key-encoder momentum, queue
-    length in batches) and `OptimizerOptions` (optimizers and their schedule) for `num_classes`
-    training classes, global batches of `batch_size`, and `steps_per_epoch` x `epochs` steps (the
-    schedules change per epoch); `seed` seeds the heads' initialisation and the miners.
+    Built from `ModelOptions` (network) and `ObjectiveOptions` (objective, key-encoder momentum,
+    queue length in batches) for `num_classes` training classes and global batches of
+    `batch_size`; `seed` seeds the heads' initialisation and the miners. Then, as any Keras model:
+    `compile` (DiVA's optimizer groups by default, or a Keras optimizer), `fit` (the learning-rate
+    schedules follow its epochs), `evaluate` (retrieval metrics of every head and combination).
     """
 
     def __init__(self, model: ModelOptions, num_classes: int, *, batch_size: int,
-                 steps_per_epoch: int, epochs: int, objective: ObjectiveOptions | None = None,
-                 optimizer: OptimizerOptions | None = None, seed: int = 0, **kwargs):
+                 objective: ObjectiveOptions | None = None, seed: int = 0, **kwargs):
         super().__init__(name="diva_trainer", **kwargs)
         objective = ObjectiveOptions() if objective is None else objective
-        self.optimizer_options = OptimizerOptions() if optimizer is None else optimizer
         self.frozen_bn, self.seed = bool(model.frozen_bn), int(seed)
         self.momentum = float(objective.diva_moco_momentum)
         self.n_key_batches = int(objective.diva_moco_n_key_batches)
@@ -109,7 +124,11 @@ class DiVATrainer(keras.Model):
             self.queue = self.add_weight(
                 name="queue", shape=(self.n_key_batches * batch_size, model.dims["selfsimilarity"]),
                 initializer="zeros", trainable=False)
-        self.optimizers = optimizers_of(self.optimizer_options, steps_per_epoch, epochs)
+            # Checkpointed with the queue: a resumed run does not fill it again.
+            self.queue_filled = self.add_weight(name="queue_filled", shape=(), dtype="bool",
+                                                initializer="zeros", trainable=False)
+        self.clock = EpochClock()
+        self.optimizer_options, self.optimizers = None, {}
         self._loss_trackers = {}
         self.built = True
 
@@ -117,10 +136,95 @@ class DiVATrainer(keras.Model):
     def call(self, images, training=False):
         return self.embedder(images, training=training)
 
-    def fit(self, x=None, *args, shuffle: bool = False, **kwargs):
-        """keras.Model.fit with shuffle off by default: the batches come sampled already (Keras
-        ignores `shuffle` for a tf.data.Dataset, but warns when it is on)."""
-        return super().fit(x, *args, shuffle=shuffle, **kwargs)
+    def compile(self, optimizer=None, loss=None, loss_weights=None, metrics=None,
+                weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
+                jit_compile="auto", auto_scale_loss=True):
+        """Keras's compile; the objective is the loss (`loss` and `metrics` must stay unset).
+
+        optimizer:
+          - None: DiVA's published parameter groups with the defaults of `OptimizerOptions`;
+            an `OptimizerOptions`: the same groups with its settings. One optimizer per group:
+            network (coupled L2 for adam), [heads, with --fc_lr,] betas, regressors, proxies,
+            each with its learning rate and the per-epoch schedule.
+          - a Keras optimizer (or its name): that one optimizer trains every group (network,
+            betas, regressors, proxies) with its own learning rate and schedule, one `apply` a
+            step; no coupled L2 is added (use its `weight_decay`).
+          - a dict {group: optimizer} over `OptimizerOptions().learning_rates`' groups: one
+            optimizer per group.
+        jit_compile="auto" is Keras's: XLA on GPU, not on CPU.
+        Every optimizer slot and loss tracker is created now (under the strategy scope, not
+        lazily in a replica).
+        """
+        if loss is not None or loss_weights or metrics or weighted_metrics:
+            raise ConfigError("DiVATrainer's loss is its DiVA objective: compile takes no loss or "
+                              "metrics (evaluate() gives the retrieval metrics)")
+        self.optimizer_options, self.optimizers = self._optimizers_of(optimizer)
+        super().compile(optimizer=self.optimizers["network"], run_eagerly=run_eagerly,
+                        steps_per_execution=steps_per_execution, jit_compile=jit_compile,
+                        auto_scale_loss=auto_scale_loss)
+        self.build_optimizers()
+        self.init_trackers()
+
+    def _optimizers_of(self, optimizer) -> tuple:
+        """(OptimizerOptions or None, {group: optimizer}) for compile's `optimizer`."""
+        if optimizer is None or isinstance(optimizer, OptimizerOptions):
+            options = OptimizerOptions() if optimizer is None else optimizer
+            return options, optimizers_of(options, self.clock)
+        groups = list(OptimizerOptions().learning_rates)
+        if isinstance(optimizer, dict):
+            missing = [g for g in groups if g not in optimizer]
+            if missing:
+                raise ConfigError(f"compile: the optimizer dict has no optimizer for group(s) "
+                                  f"{missing}; expected one for each of {groups}")
+            return None, {g: keras.optimizers.get(o) for g, o in optimizer.items()}
+        optimizer = keras.optimizers.get(optimizer)
+        return None, dict.fromkeys(groups, optimizer)
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, *,
+            shuffle: bool = False, **kwargs):
+        """keras.Model.fit: the learning-rate schedules follow its epochs (`initial_epoch` to
+        `epochs`); the key queue, when not filled (`fill_queue`) nor restored from a checkpoint,
+        is filled first from the first batches of `x` (a tf.data.Dataset). Shuffle is off by
+        default: the batches come sampled already (Keras ignores `shuffle` for a dataset, but
+        warns when it is on)."""
+        if self.use_keys and not bool(self.queue_filled.numpy()):
+            if not isinstance(x, tf.data.Dataset):
+                raise ConfigError("the key queue is empty: call trainer.fill_queue(batches) before "
+                                  "fit, or give fit a tf.data.Dataset to fill it from")
+            self.fill_queue(x.repeat())
+        self.clock.epochs.assign(epochs)
+        callbacks = [_FollowEpochs(self.clock), *(callbacks or [])]
+        return super().fit(x, y, batch_size, epochs, verbose, callbacks, shuffle=shuffle, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", steps=None, *,
+                 combinations=None, n_clusters=None, recall_k=None, dataset=None,
+                 **kwargs) -> dict:
+        """Retrieval and clustering metrics (`evaluate_model`'s) of `embedder` on `x`: batches of
+        (images, labels) such as `eval_dataset` makes, or images with labels `y`.
+
+        Returns {"<head or combination>/<metric>": value} for each head and head combination
+        (default: the published weights of `dataset`, all 1 without one), so that `fit`'s
+        `validation_data` logs them as "val_<head>/<metric>". The metrics need every embedding at
+        once, so this replaces Keras's batch-wise `test_step`; `loss` is not computed.
+        """
+        from diva_tf.evaluation.embed import embed_dataset
+        from diva_tf.evaluation.options import default_combinations
+        from diva_tf.evaluation.suite import evaluate_embeddings
+
+        if y is not None:
+            x = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size or 32)
+        if steps is not None:
+            x = itertools.islice(x, steps)
+        heads = list(self.embedder.output)
+        if combinations is None:
+            combinations = default_combinations(dataset, heads)
+        embed = tf.function(lambda images: self.embedder(images, training=False),
+                            reduce_retracing=True)
+        embs, labels = embed_dataset(embed, x, verbose=verbose not in (0, "auto", False))
+        scores = evaluate_embeddings(embs, labels, heads, combinations, recall_k, n_clusters,
+                                     dataset)
+        return {f"{name}/{metric}": float(value) for name, metrics in scores.items()
+                for metric, value in metrics.items()}
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """No-op: everything is built in __init__. Keras's version pulls one batch off the training
@@ -135,19 +239,27 @@ class DiVATrainer(keras.Model):
         return {"network": [v for v in network if id(v) not in in_heads], "heads": heads,
                 **self.objective.variable_groups()}
 
+    def _by_optimizer(self, groups: dict) -> list:
+        """[(optimizer, [items of its groups])] for {group: [items]}, in group order: a Keras
+        optimizer shared by several groups takes them in one `apply` (one step)."""
+        out = {}
+        for group, items in groups.items():
+            optimizer = self.optimizers[group]
+            out.setdefault(id(optimizer), (optimizer, []))[1].extend(items)
+        return list(out.values())
+
     def build_optimizers(self) -> None:
         """Create every optimizer slot now (under the strategy scope), not lazily in a replica."""
-        for group, variables in self.variable_groups().items():
+        for optimizer, variables in self._by_optimizer(self.variable_groups()):
             if variables:
-                self.optimizers[group].build(variables)
+                optimizer.build(variables)
 
-    def compile(self, jit_compile: bool = False) -> None:
-        """Keras's compile with the network's optimizer (the others are applied by `train_step`),
-        then every optimizer slot and loss tracker created now (under the strategy scope, not
-        lazily in a replica). No loss argument: the objective is the loss."""
-        super().compile(optimizer=self.optimizers["network"], jit_compile=bool(jit_compile))
-        self.build_optimizers()
-        self.init_trackers()
+    def coupled_decay(self, group: str) -> float:
+        """The L2 factor the trainer adds to `group`'s gradients (DiVA's coupled weight decay)."""
+        options = self.optimizer_options
+        if options is None or group not in DECAYED_GROUPS:
+            return 0.0
+        return float(options.decay) if OPTIMIZERS[options.optimizer].coupled_decay else 0.0
 
     def _mean_tracker(self, name: str) -> keras.metrics.Mean:
         if name not in self._loss_trackers:
@@ -196,21 +308,20 @@ class DiVATrainer(keras.Model):
         for group, variables in groups.items():
             g = flat_grads[start:start + len(variables)]
             start += len(variables)
-            options = self.optimizer_options
-            if group in DECAYED_GROUPS and OPTIMIZERS[options.optimizer].coupled_decay:
-                g = add_coupled_l2(g, variables, options.decay / replicas)
-            grads[group] = (g, variables)
+            grads[group] = (add_coupled_l2(g, variables, self.coupled_decay(group) / replicas),
+                            variables)
         return grads, total, {**terms, **stats}, keys
 
     def train_step(self, data):
         view1, view2, labels = data if len(data) == 3 else (data[0], data[0], data[1])
         grads, total, terms, keys = self.compute_gradients(view1, view2, labels)
-        for group, (g, variables) in grads.items():
-            # A variable the objective does not reach has no gradient: left out here (Keras would
-            # skip it too, with a "Gradients do not exist" warning).
-            present = [(gi, v) for gi, v in zip(g, variables) if gi is not None]
-            if present:
-                self.optimizers[group].apply([gi for gi, _ in present], [v for _, v in present])
+        # A variable the objective does not reach has no gradient: left out here (Keras would
+        # skip it too, with a "Gradients do not exist" warning).
+        present = {group: [(gi, v) for gi, v in zip(g, variables) if gi is not None]
+                   for group, (g, variables) in grads.items()}
+        for optimizer, pairs in self._by_optimizer(present):
+            if pairs:
+                optimizer.apply([gi for gi, _ in pairs], [v for _, v in pairs])
         if self.use_keys:
             self.momentum_update()
             assign_in_replica_context([(self.queue, enqueue(self.queue, keys))])
@@ -232,7 +343,8 @@ class DiVATrainer(keras.Model):
     # ---- queue initialisation (algorithm.md 4.5) ----------------------------------------
     def fill_queue(self, batches) -> None:
         """Stack key-encoder outputs on view 1 of exactly n_key_batches global batches (of a
-        stream like `fit`'s; DiVA uses one with another seed). Call once before training."""
+        stream like `fit`'s; DiVA uses one with another seed). Call once before training (`fit`
+        otherwise fills it from its own first batches)."""
         if not self.use_keys:
             return
         keys = []
@@ -243,6 +355,7 @@ class DiVATrainer(keras.Model):
         if len(keys) < self.n_key_batches:
             raise ValueError(f"queue needs {self.n_key_batches} batches, got {len(keys)}")
         self.queue.assign(tf.concat(keys, axis=0))
+        self.queue_filled.assign(True)
 
     @tf.function
     def _key_embed(self, images):

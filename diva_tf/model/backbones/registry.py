@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from diva_tf.core.choices import lookup
+from diva_tf.core.errors import DivaError
 
 
-class BackboneError(ValueError):
+class BackboneError(DivaError, ValueError):
     """A backbone name or weights source that cannot be used."""
 
 

@@ -15,6 +15,8 @@ import zipfile
 
 import numpy as np
 
+from diva_tf.core.errors import DivaError
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -23,7 +25,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class TorchPickleError(ValueError):
+class TorchPickleError(DivaError, ValueError):
     """A file that is not a torch state dict this reader understands."""
 
 

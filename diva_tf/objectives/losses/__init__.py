@@ -1,14 +1,11 @@
 """DiVA's training objectives (algorithm.md 4) and alternative discriminative losses: pure tensor functions.
 
-`DISCRIMINATIVE_LOSSES` and `SELF_SUPERVISED_LOSSES` (in `registry`) are the registries of --loss
-and --diva_ssl. The loss functions are
+`diva_tf.objectives.registry` names them for --loss and --diva_ssl. The loss functions are
 loaded on first use, so the registry (and `ObjectiveOptions`, which validates against it) does not
 pay for importing TensorFlow.
 """
 
 import importlib
-
-from diva_tf.objectives.losses.registry import DISCRIMINATIVE_LOSSES, SELF_SUPERVISED_LOSSES, DiscriminativeLoss
 
 _MODULE_OF = {
     "dance_logits": "dance",
@@ -23,10 +20,11 @@ _MODULE_OF = {
     "multi_similarity_loss": "multisimilarity",
     "proxy_initializer": "proxy",
     "proxy_softmax_loss": "proxy",
+    "triplet_margin_loss": "triplet",
     "triplet_semihard_loss": "triplet",
 }
 
-__all__ = ["DISCRIMINATIVE_LOSSES", "SELF_SUPERVISED_LOSSES", "DiscriminativeLoss", *sorted(_MODULE_OF)]
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name):

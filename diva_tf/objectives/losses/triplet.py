@@ -7,6 +7,7 @@ tfa releases (and tf.contrib) defaulted to squared distances, available here as 
 
 import tensorflow as tf
 
+from diva_tf.objectives.losses.margin import unpack_triplets
 from diva_tf.objectives.miners.distance import pairwise_squared_distances
 
 
@@ -44,3 +45,16 @@ def triplet_semihard_loss(embeddings, labels, margin=0.2, squared=False):
     positive = tf.cast(positive, d.dtype)
     losses = tf.nn.relu(margin + d - hardest_allowed) * positive
     return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(positive))
+
+
+def triplet_margin_loss(embeddings, labels, triplets, margin=0.2):
+    """Mean over a miner's valid triplets of relu(d_ap - d_an + margin), d = sqrt(||.||^2 + 1e-8)
+    (pytorch-metric-learning's TripletMarginLoss with a miner, averaged over every valid
+    triplet); 0 without a valid triplet. `labels` are unused: the miner chose the triplets."""
+    anchors, positives, negatives, valid = unpack_triplets(triplets)
+    x_a = tf.gather(embeddings, anchors)
+    d_ap = tf.sqrt(tf.reduce_sum(tf.square(x_a - tf.gather(embeddings, positives)), -1) + 1e-8)
+    d_an = tf.sqrt(tf.reduce_sum(tf.square(x_a - tf.gather(embeddings, negatives)), -1) + 1e-8)
+    valid = tf.cast(valid, embeddings.dtype)
+    losses = tf.nn.relu(d_ap - d_an + margin) * valid
+    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(valid))
