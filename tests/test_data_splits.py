@@ -259,3 +259,22 @@ def test_image_check_is_cached_per_file(tmp_path, monkeypatch):
         f.write(b"\0")
     with pytest.raises(AssertionError, match="re-probed"):
         imagefiles.check_images(paths)
+
+
+def test_dataset_in_reads_what_a_folder_holds(tmp_path):
+    """evaluate --data_dir takes the dataset from the folder: a prepared emoji folder is emoji, a
+    folder of class folders is a folder dataset even for an emoji-trained run; a catalog
+    dataset's folder keeps the run's dataset (its loader checks the layout)."""
+    import json
+
+    from diva_tf.data.datasets import dataset_in
+    from diva_tf.data.emoji import MANIFEST, MANIFEST_FORMAT
+
+    prepared, classes = tmp_path / "emoji", tmp_path / "emoji" / "images"
+    (classes / "0001_grinning").mkdir(parents=True)
+    (classes / "0002_smiley").mkdir()
+    (prepared / MANIFEST).write_text(json.dumps({"format": MANIFEST_FORMAT}))
+    assert dataset_in(str(prepared), "folder") == "emoji"
+    assert dataset_in(str(classes), "emoji") == "folder"
+    assert dataset_in(str(classes), "cub200") == "cub200"
+    assert dataset_in(str(tmp_path / "missing"), "emoji") == "emoji"
