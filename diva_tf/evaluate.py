@@ -23,7 +23,7 @@ if __name__ == "__main__":  # first, before TensorFlow is imported
     quiet_third_party()
 
 from diva_tf.config import ConfigError, parse_weights
-from diva_tf.core.cli import reports_errors
+from diva_tf.core.cli import parse_flags, reports_errors
 from diva_tf.data.datasets import dataset_in
 from diva_tf.evaluation import FAISS_DEFAULT_SEED
 from diva_tf.runs.evaluate import CLASSES, Target, run, saved_model_target, workdir_target
@@ -126,4 +126,4 @@ if __name__ == "__main__":
 
     define_flags()
     use_short_help(USAGE)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

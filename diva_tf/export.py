@@ -9,9 +9,7 @@ if __name__ == "__main__":  # first, before TensorFlow is imported
 
     quiet_third_party()
 
-from diva_tf.runs.run_folder import export_workdir
-from diva_tf.core.cli import reports_errors
-from diva_tf.serving.export import read_manifest
+from diva_tf.core.cli import parse_flags, reports_errors
 
 
 def _define_flags() -> None:
@@ -32,7 +30,8 @@ def main(argv) -> int:
     from absl import app, flags, logging
 
     from diva_tf.config import parse_weights
-    from diva_tf.runs.run_folder import load_config
+    from diva_tf.runs.run_folder import export_workdir, load_config
+    from diva_tf.serving.export import read_manifest  # imports TensorFlow: not for --help
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -55,4 +54,4 @@ if __name__ == "__main__":
 
     _define_flags()
     use_short_help(__doc__)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -124,7 +124,8 @@ if __name__ == "__main__":
     from absl import app
 
     from diva_tf.config.flags import use_short_help
+    from diva_tf.core.cli import parse_flags
 
     _define_flags()
     use_short_help(__doc__)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

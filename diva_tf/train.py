@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import app
 
 from diva_tf.config.flags import config_from_flags, define_flags, use_short_help
-from diva_tf.core.cli import reports_errors
+from diva_tf.core.cli import parse_flags, reports_errors
 from diva_tf.runs.run_folder import train as run
 
 __all__ = ["flags", "main", "run"]
@@ -48,4 +48,4 @@ if __name__ == "__main__":
 
     quiet_third_party()  # before TensorFlow is imported (by the run)
     flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

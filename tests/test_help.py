@@ -72,3 +72,26 @@ def test_tool_help_lists_its_flags(module, expected):
 ])
 def test_tensorflow_tool_help_lists_its_flags(module, expected):
     test_tool_help_lists_its_flags(module, expected)
+
+
+ENTRY_POINTS = ["diva_tf.train", "diva_tf.evaluate", "diva_tf.export", "diva_tf.index",
+                "diva_tf.serve"]
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_help_does_not_import_tensorflow(module):
+    """--help answers before TensorFlow (seconds to import) is loaded, in every entry point."""
+    code = ("import runpy, sys\nsys.argv = [%r, '--help']\ntry:\n    runpy.run_module(%r, "
+            "run_name='__main__')\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n") % (module, module)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_an_unknown_flag_is_one_line_and_exit_2(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--no_such_flag=1"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: Unknown command line flag 'no_such_flag' (--help lists the flags)"]
