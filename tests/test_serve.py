@@ -256,6 +256,8 @@ ERRORS = [  # (id, method, path, body, HTTP status)
     ("unknown-version-status", "GET", f"/v1/models/{MODEL}/versions/7", None, 404),
     ("unknown-route", "GET", "/v1/nothing/here", None, 404),
     ("get-predict", "GET", P, None, 404),
+    ("v2-infer", "POST", f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, 400),
+    ("v2-unknown-model", "GET", "/v2/models/other", None, 404),
     ("retrieval-k-too-large", "POST", R, {"instances": [b64(JPEG)], "k": 5}, 400),
     ("retrieval-k-zero", "POST", R, {"instances": [b64(JPEG)], "k": 0}, 400),
     ("retrieval-k-not-an-integer", "POST", R, {"instances": [b64(JPEG)], "k": "3"}, 400),
