@@ -14,7 +14,6 @@ import http.client
 import io
 import json
 import os
-import shutil
 import socket
 import time
 import urllib.error
