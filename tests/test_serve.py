@@ -376,6 +376,34 @@ def test_client_uses_the_servers_retrieval_model(url, index_dirs, gallery):
     assert client.retrieval_url(url + P) == f"{url}/v1/models/{RETRIEVAL}:predict"
 
 
+# ---- flags ----------------------------------------------------------------------------------
+
+FLAGS = {"max_request_bytes": 0, "max_image_pixels": 0, "max_request_pixels": 0,
+         "max_decoding_pixels": 0, "port": 8501, "workers": 1, "max_k": 1}
+
+
+@pytest.mark.parametrize("name,value,rule", [
+    ("max_request_bytes", -1, "a number >= 0 (0 = no limit)"),
+    ("max_decoding_pixels", -5, "a number >= 0 (0 = no limit)"),
+    ("port", 0, "in [1, 65535]"), ("port", 65536, "in [1, 65535]"),
+    ("workers", 0, "at least 1"), ("max_k", 0, "at least 1")])
+def test_a_bad_flag_value_is_one_line_and_exit_2(capsys, name, value, rule):
+    import types
+
+    from diva_tf import serve as serve_cli
+
+    assert serve_cli.flag_error(types.SimpleNamespace(**FLAGS)) is None
+    assert serve_cli.run(types.SimpleNamespace(**{**FLAGS, name: value})) == 2
+    assert capsys.readouterr().err == f"error: --{name}={value}: must be {rule}\n"
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(url):
+    port = url.rsplit(":", 1)[1]
+    proc = run([PYTHON, "-m", "diva_tf.serve", "--port", port, "--model_base_path", "nowhere"])
+    assert (proc.returncode, proc.stderr.strip().splitlines()[-1]) == (
+        2, f"error: --port={port}: Address already in use")
+
+
 # ---- SIGTERM: stop accepting, finish what is in flight, exit 0 ----------------------------------
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(server, loaded, images):
