@@ -324,14 +324,21 @@ def install(app: FastAPI, limits: Limits, models=()) -> None:
 
 def quiet_request_logs() -> None:
     """No log line per request (KServe's timing lines, uvicorn's access log): under load they
-    cost more than a small model's inference. Errors are still logged."""
+    cost more than a small model's inference. Errors are still logged. Called after ModelServer()
+    (which configures logging in this process); KServe's worker processes configure theirs from
+    `args.log_config_file`."""
+    import copy
     import logging as std_logging
     import warnings
 
     from fastapi.exceptions import FastAPIDeprecationWarning
+    from kserve.logging import KSERVE_LOG_CONFIG
 
+    config = copy.deepcopy(KSERVE_LOG_CONFIG)
     for name in ("kserve.trace", "uvicorn.access"):
+        config["loggers"].setdefault(name, {})["level"] = "WARNING"
         std_logging.getLogger(name).setLevel(std_logging.WARNING)
+    kserve.model_server.args.log_config_file = config
     warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)  # KServe's ORJSONResponse
 
 
@@ -341,6 +348,6 @@ def serve(models: list, port: int, workers: int = 1, grace_seconds: int = 30) ->
     install(kserve.model_server.app, models[0].limits, models)
     server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=workers,
                                 grace_period=grace_seconds, enable_latency_logging=False)
-    quiet_request_logs()  # after ModelServer(), which configures logging
+    quiet_request_logs()
     server.start(models)
 
