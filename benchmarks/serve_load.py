@@ -62,7 +62,7 @@ def jpeg(size: int = 64, seed: int = 0) -> bytes:
 
 
 def big_png(side: int = BIG_SIDE) -> bytes:
-    """A side x side RGB PNG that compresses well (a gradient): few KB on the wire, 36 Mpx decoded."""
+    """A side x side RGB PNG that compresses well (a gradient): small on the wire, 36 Mpx decoded."""
     from PIL import Image
 
     ramp = np.linspace(0, 255, side).astype(np.uint8)

@@ -14,7 +14,6 @@ import http.client
 import io
 import json
 import os
-import shutil
 import socket
 import time
 import urllib.error
@@ -256,6 +255,8 @@ ERRORS = [  # (id, method, path, body, HTTP status)
     ("unknown-version-status", "GET", f"/v1/models/{MODEL}/versions/7", None, 404),
     ("unknown-route", "GET", "/v1/nothing/here", None, 404),
     ("get-predict", "GET", P, None, 404),
+    ("v2-infer", "POST", f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, 400),
+    ("v2-unknown-model", "GET", "/v2/models/other", None, 404),
     ("retrieval-k-too-large", "POST", R, {"instances": [b64(JPEG)], "k": 5}, 400),
     ("retrieval-k-zero", "POST", R, {"instances": [b64(JPEG)], "k": 0}, 400),
     ("retrieval-k-not-an-integer", "POST", R, {"instances": [b64(JPEG)], "k": "3"}, 400),
@@ -373,6 +374,34 @@ def test_client_uses_the_servers_retrieval_model(url, index_dirs, gallery):
     # the same query searched locally gives the same lines
     client = load_client()
     assert client.retrieval_url(url + P) == f"{url}/v1/models/{RETRIEVAL}:predict"
+
+
+# ---- flags ----------------------------------------------------------------------------------
+
+FLAGS = {"max_request_bytes": 0, "max_image_pixels": 0, "max_request_pixels": 0,
+         "max_decoding_pixels": 0, "port": 8501, "workers": 1, "max_k": 1}
+
+
+@pytest.mark.parametrize("name,value,rule", [
+    ("max_request_bytes", -1, "a number >= 0 (0 = no limit)"),
+    ("max_decoding_pixels", -5, "a number >= 0 (0 = no limit)"),
+    ("port", 0, "in [1, 65535]"), ("port", 65536, "in [1, 65535]"),
+    ("workers", 0, "at least 1"), ("max_k", 0, "at least 1")])
+def test_a_bad_flag_value_is_one_line_and_exit_2(capsys, name, value, rule):
+    import types
+
+    from diva_tf import serve as serve_cli
+
+    assert serve_cli.flag_error(types.SimpleNamespace(**FLAGS)) is None
+    assert serve_cli.run(types.SimpleNamespace(**{**FLAGS, name: value})) == 2
+    assert capsys.readouterr().err == f"error: --{name}={value}: must be {rule}\n"
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(url):
+    port = url.rsplit(":", 1)[1]
+    proc = run([PYTHON, "-m", "diva_tf.serve", "--port", port, "--model_base_path", "nowhere"])
+    assert (proc.returncode, proc.stderr.strip().splitlines()[-1]) == (
+        2, f"error: --port={port}: Address already in use")
 
 
 # ---- SIGTERM: stop accepting, finish what is in flight, exit 0 ----------------------------------

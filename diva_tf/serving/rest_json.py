@@ -1,9 +1,10 @@
 """TF Serving's REST predict body <-> tensors, as TF Serving reads and writes it (its
-`g3doc/api_rest.md`): `{"signature_name"?, "instances": [...]}` (row: per-example values, or objects
-keyed by input name) -> `{"predictions": [...]}`; `{"inputs": ...}` (columnar) -> `{"outputs": ...}`;
-binary values travel as `{"b64": "..."}`. Every malformed body raises `BadRequest` (HTTP 400)
-with TF Serving's message. Signature specs come in as `tf.TensorSpec`s; TensorFlow itself is not
-imported here (KServe worker processes import this before they load the model)."""
+`g3doc/api_rest.md`): `{"signature_name"?, "instances": [...]}` (row: per-example values, or
+objects keyed by input name) -> `{"predictions": [...]}`; `{"inputs": ...}` (columnar) ->
+`{"outputs": ...}`; binary values travel as `{"b64": "..."}`. Every malformed body raises
+`BadRequest` (HTTP 400) with TF Serving's message. Signature specs come in as `tf.TensorSpec`s;
+TensorFlow itself is not imported here (KServe worker processes import this before they load the
+model)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from absl import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kserve.protocol.infer_type import InferRequest
 from starlette.exceptions import HTTPException
 
 from diva_tf.core.errors import DivaError
@@ -76,6 +77,9 @@ def request_doc(payload) -> dict:
             payload = orjson.loads(payload)
         except orjson.JSONDecodeError as e:
             raise BadRequest(f"JSON Parse error: {e}") from None
+    if isinstance(payload, InferRequest):
+        raise BadRequest("V2 inference is not served: POST TF Serving's format to "
+                         "/v1/models/NAME:predict (V2 health and metadata are)")
     if not isinstance(payload, dict):
         raise BadRequest(f"JSON Value: {orjson.dumps(payload)[:200].decode()} Is not object")
     return payload
@@ -226,32 +230,29 @@ def served_model(name: str):
     return model
 
 
-def checked_version(model, version: str):
-    served = getattr(model, "version", None)
-    if version != str(served):
-        raise NotFound(f"model {model.name} has no version {version[:40]} (serving version "
-                       f"{served})")
+async def loaded_model(name: str, version: str | None = None):
+    """The served model `name` once loaded; NotFound unless it serves `version` (if given)."""
+    model = served_model(name)
+    await ensure_loaded(model)
+    if version is not None and version != str(model.version):
+        raise NotFound(f"model {name} has no version {version[:40]} (serving version "
+                       f"{model.version})")
     return model
 
 
 async def model_status(model_name: str) -> dict:
-    model = served_model(model_name)
-    await ensure_loaded(model)
-    return model.status()
+    return (await loaded_model(model_name)).status()
 
 
 async def version_status(model_name: str, version: str) -> dict:
-    await ensure_loaded(served_model(model_name))
-    model = checked_version(served_model(model_name), version)
-    status = model.status()
+    status = (await loaded_model(model_name, version)).status()
     status["model_version_status"] = [s for s in status["model_version_status"]
                                       if s["version"] == version]
     return status
 
 
 async def version_predict(model_name: str, version: str, request: Request) -> JSONResponse:
-    await ensure_loaded(served_model(model_name))
-    model = checked_version(served_model(model_name), version)
+    model = await loaded_model(model_name, version)
     return JSONResponse(await model.predict(await request.body()))
 
 
@@ -261,7 +262,7 @@ async def request_error(_, e: RequestError) -> JSONResponse:
 
 async def http_error(_, e: HTTPException) -> JSONResponse:
     return JSONResponse({"error": str(e.detail)}, status_code=e.status_code,
-                          headers=getattr(e, "headers", None))
+                        headers=getattr(e, "headers", None))
 
 
 async def validation_error(_, e: RequestValidationError) -> JSONResponse:
@@ -323,14 +324,21 @@ def install(app: FastAPI, limits: Limits, models=()) -> None:
 
 def quiet_request_logs() -> None:
     """No log line per request (KServe's timing lines, uvicorn's access log): under load they
-    cost more than a small model's inference. Errors are still logged."""
+    cost more than a small model's inference. Errors are still logged. Called after ModelServer()
+    (which configures logging in this process); KServe's worker processes configure theirs from
+    `args.log_config_file`."""
+    import copy
     import logging as std_logging
     import warnings
 
     from fastapi.exceptions import FastAPIDeprecationWarning
+    from kserve.logging import KSERVE_LOG_CONFIG
 
+    config = copy.deepcopy(KSERVE_LOG_CONFIG)
     for name in ("kserve.trace", "uvicorn.access"):
+        config["loggers"].setdefault(name, {})["level"] = "WARNING"
         std_logging.getLogger(name).setLevel(std_logging.WARNING)
+    kserve.model_server.args.log_config_file = config
     warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)  # KServe's ORJSONResponse
 
 
@@ -340,6 +348,6 @@ def serve(models: list, port: int, workers: int = 1, grace_seconds: int = 30) ->
     install(kserve.model_server.app, models[0].limits, models)
     server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=workers,
                                 grace_period=grace_seconds, enable_latency_logging=False)
-    quiet_request_logs()  # after ModelServer(), which configures logging
+    quiet_request_logs()
     server.start(models)
 
