@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from test_train_cli import ENV, _flags, _free_ports, _records, run_train
+from test_train_cli import ENV, _flags, _free_ports, _records, folder_data, run_train  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -67,26 +67,18 @@ def assert_same_records(got: list, want: list) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from synthetic import make_folder_dataset
-
-    return make_folder_dataset(str(tmp_path_factory.mktemp("data") / "shapes"), n_classes=12,
-                               per_class=6)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory):
+def uninterrupted(folder_data, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("mw") / "reference")
-    results = finish(start_workers(_flags(data, workdir, **MW)))
+    results = finish(start_workers(_flags(folder_data, workdir, **MW)))
     for code, out, err in results:
         assert code == 0, out + err
     return workdir, results
 
 
-def test_two_workers_train_as_one_process_on_the_same_global_batch(data, uninterrupted, tmp_path):
+def test_two_workers_train_as_one_process_on_the_same_global_batch(folder_folder_data, uninterrupted, tmp_path):
     workdir, results = uninterrupted
     assert "2 replica(s)" in results[0][2]
-    one = run_train(_flags(data, str(tmp_path / "one"), **{**MW, "strategy": "default"}))
+    one = run_train(_flags(folder_data, str(tmp_path / "one"), **{**MW, "strategy": "default"}))
     assert one.returncode == 0, one.stdout + one.stderr
     two = _records(workdir)
     assert_same_records(two, _records(str(tmp_path / "one")))
@@ -98,9 +90,9 @@ def test_two_workers_train_as_one_process_on_the_same_global_batch(data, uninter
 
 @pytest.mark.parametrize("victim", [0, 1], ids=["chief", "non_chief"])
 def test_a_worker_killed_in_epoch_2_stops_the_other_and_the_rerun_resumes_exactly(
-        data, uninterrupted, tmp_path, victim):
+        folder_data, uninterrupted, tmp_path, victim):
     workdir = str(tmp_path / "run")
-    args = _flags(data, workdir, **MW)
+    args = _flags(folder_data, workdir, **MW)
     procs = start_workers(args)
     state = os.path.join(workdir, "checkpoints", "checkpoint")
     deadline = time.time() + 400
@@ -128,7 +120,7 @@ def test_a_worker_killed_in_epoch_2_stops_the_other_and_the_rerun_resumes_exactl
     assert scratch_folders(workdir) == []
 
 
-def test_a_worker_that_cannot_see_the_run_folder_is_refused(data, uninterrupted, tmp_path):
+def test_a_worker_that_cannot_see_the_run_folder_is_refused(folder_folder_data, uninterrupted, tmp_path):
     """Worker 1 given another (empty) folder, as when the run folder is on a disk only the chief
     sees: both refuse in one line instead of training a mixed epoch."""
     import shutil
@@ -141,7 +133,7 @@ def test_a_worker_that_cannot_see_the_run_folder_is_refused(data, uninterrupted,
         env = {**USER_ENV, "TF_CONFIG": json.dumps({"cluster": {"worker": hosts},
                                                     "task": {"type": "worker", "index": i}})}
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "diva_tf.train", *_flags(data, folder, **{**MW, "n_epochs": 4})],
+            [sys.executable, "-m", "diva_tf.train", *_flags(folder_data, folder, **{**MW, "n_epochs": 4})],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for code, out, err in finish(procs):
         assert code == 2, out + err
