@@ -75,7 +75,8 @@ def uninterrupted(folder_data, tmp_path_factory):
     return workdir, results
 
 
-def test_two_workers_train_as_one_process_on_the_same_global_batch(folder_folder_data, uninterrupted, tmp_path):
+def test_two_workers_train_as_one_process_on_the_same_global_batch(folder_data, uninterrupted,
+                                                                   tmp_path):
     workdir, results = uninterrupted
     assert "2 replica(s)" in results[0][2]
     one = run_train(_flags(folder_data, str(tmp_path / "one"), **{**MW, "strategy": "default"}))
@@ -120,7 +121,8 @@ def test_a_worker_killed_in_epoch_2_stops_the_other_and_the_rerun_resumes_exactl
     assert scratch_folders(workdir) == []
 
 
-def test_a_worker_that_cannot_see_the_run_folder_is_refused(folder_folder_data, uninterrupted, tmp_path):
+def test_a_worker_that_cannot_see_the_run_folder_is_refused(folder_data, uninterrupted,
+                                                           tmp_path):
     """Worker 1 given another (empty) folder, as when the run folder is on a disk only the chief
     sees: both refuse in one line instead of training a mixed epoch."""
     import shutil
