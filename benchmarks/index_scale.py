@@ -50,6 +50,7 @@ def index_types(n: int) -> list[tuple[str, str, list[int]]]:
     lists = 1024 if n <= 300_000 else 4096
     return [("Flat", "", [0]),
             (f"IVF{lists},PQ64", "nprobe", [8, 32, 128]),
+            (f"IVF{lists},Flat", "nprobe", [32, 128]),
             ("HNSW32", "efSearch", [64, 128, 256])]
 
 

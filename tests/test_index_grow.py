@@ -13,22 +13,9 @@ import pytest
 
 from diva_tf.serving import export
 from diva_tf.serving import index as idx
-from export_helpers import PYTHON, run, tiny_config
+from export_helpers import PYTHON, run
 from synthetic import make_folder_dataset
-
-
-def export_seed(base: str, seed: int) -> str:
-    from diva_tf.model.network import build_embedding_model
-
-    cfg = tiny_config(seed=seed)
-    return export.export_model(build_embedding_model(cfg, cfg.seed), cfg, base, version=1)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {name: export_seed(str(root / name / "diva"), seed)
-            for name, seed in (("a", 21), ("b", 22))}
+from test_index_reliability import models  # noqa: F401  (fixture: two exports, same version)
 
 
 @pytest.fixture(scope="module")
