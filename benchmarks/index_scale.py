@@ -49,7 +49,8 @@ def index_types(n: int) -> list[tuple[str, str, list[int]]]:
     """(factory string, knob, values searched) per index type; IVF lists scale with n."""
     lists = 1024 if n <= 300_000 else 4096
     return [("Flat", "", [0]),
-            (f"OPQ64,IVF{lists},PQ64", "nprobe", [8, 32, 128]),
+            (f"IVF{lists},PQ64", "nprobe", [8, 32, 128]),
+            (f"IVF{lists},Flat", "nprobe", [32, 128]),
             ("HNSW32", "efSearch", [64, 128, 256])]
 
 

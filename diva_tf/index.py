@@ -1,5 +1,5 @@
 """`python -m diva_tf.index build --saved_model export/models/diva[/N] --images DIR
-[--labels_from_folders] [--index_type Flat|HNSW32|IVF1024,Flat|OPQ64,IVF4096,PQ64|...]
+[--labels_from_folders] [--index_type Flat|HNSW32|IVF1024,Flat|IVF4096,PQ64|...]
 [--nprobe N] [--ef_search N] --out INDEX_DIR`,
 `python -m diva_tf.index add --index INDEX_DIR --saved_model ... --images DIR`,
 `python -m diva_tf.index remove --index INDEX_DIR --ids 3,17` and

@@ -67,9 +67,10 @@ PRESETS = {
     "Flat": "exact; up to ~100k items (a full scan per query, 2 KB per 512-d item)",
     "HNSW32": "approximate graph; 100k to a few million items when memory holds the vectors",
     "IVF1024,Flat": "inverted lists of full vectors; 100k to 1M items, cheaper to grow than HNSW",
-    "OPQ64,IVF4096,PQ64": "compressed (72 B per item); 1M+ items in little memory, lower recall",
+    "IVF4096,PQ64": "compressed (72 B per item); 1M+ items in little memory, lower recall",
 }
 DEFAULT_TRAIN_SIZE = 100_000
+HNSW_LEVEL_SEED = 12345  # faiss's HNSW constructor seeds its node-level generator with it
 DEFAULT_SEED = 0
 # Search-time knobs: (manifest key, default, what it needs).
 KNOBS = {"nprobe": (16, "IVF"), "efSearch": (64, "HNSW")}
@@ -386,6 +387,8 @@ def remove_vectors(index, ids: np.ndarray):
     vectors = inner.reconstruct_n(0, inner.ntotal)[keep]
     fresh = faiss.clone_index(inner)  # same type, training and parameters
     fresh.reset()
+    if hasattr(fresh, "hnsw"):  # node levels drawn as a new index draws them
+        fresh.hnsw.rng = faiss.RandomGenerator(HNSW_LEVEL_SEED)
     rebuilt = faiss.IndexIDMap2(fresh)
     rebuilt.add_with_ids(vectors, labels[keep])
     return rebuilt
@@ -408,9 +411,10 @@ class RetrievalIndex:
     @classmethod
     def read(cls, index_dir: str, nprobe: int | None = None, ef_search: int | None = None,
              mmap: bool = True) -> "RetrievalIndex":
-        """Load without checking the model (see `open_index`), memory-mapped unless `mmap` is
-        False (an index to modify); search knobs from the manifest unless given. IndexDataError
-        if the folder is not a complete index."""
+        """Load without checking the model (see `open_index`), memory-mapped and read-only
+        unless `mmap` is False (faiss aborts the process on adding to a mapped index: `add` and
+        `remove` read with mmap=False); search knobs from the manifest unless given.
+        IndexDataError if the folder is not a complete index."""
         if not os.path.isdir(index_dir):
             from diva_tf.serving.export import clean_stale  # imports TensorFlow: only when needed
 
