@@ -180,6 +180,11 @@ def test_a_keras_optimizer_trains_every_group_in_one_step():
     for g, variables in grads.values():
         for gi, v in zip(g, variables):
             np.testing.assert_allclose(v.numpy(), before[id(v)] - 0.1 * gi.numpy(), rtol=1e-5, atol=1e-6)
+    path = os.path.join(tempfile.mkdtemp(), "embedder.keras")  # the trained embedder as .keras
+    t.embedder.save(path)
+    loaded = keras.models.load_model(path)
+    for head, value in t.embedder(batch[0], training=False).items():
+        np.testing.assert_allclose(loaded(batch[0], training=False)[head], value, atol=1e-6)
 
 
 def test_compile_takes_no_loss_and_a_group_dict_must_cover_every_group():
