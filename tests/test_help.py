@@ -54,7 +54,7 @@ def test_train_help_lists_the_flags_that_matter(flag):
                           "classes=test": "every class of the dataset",
                           "data_dir": "Dataset folder"}),
     ("diva_tf.index", {"saved_model=export/models/diva": "Export version folder",
-                       "images": "build: folder of images", "index": "search: index folder",
+                       "images": "build, add: folder of images", "index": "search, add, remove: index folder",
                        "k=5": "search: neighbours per query."}),
 ])
 def test_tool_help_lists_its_flags(module, expected):
