@@ -327,7 +327,10 @@ def main(argv=None) -> int:
     except ParityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    import tensorflow as tf
     torch.set_num_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     start = time.time()
     result = compare(official_dir, families, a.batches, a.draws, a.seed)
     result["seconds"] = round(time.time() - start, 1)
