@@ -27,7 +27,8 @@ def shared_negative_law(x):
 
 
 def test_shared_miner_negative_frequencies_match_the_exact_law():
-    """4000 draws on two classes-clustered batches; the true classmate is a likely negative here."""
+    """4000 draws on a class-clustered batch, where the plain miner's law (classmate never drawn) and
+    the shared one differ most."""
     rng = np.random.default_rng(7)
     b, dim, n = 10, 8, 4000
     labels = np.repeat(np.arange(b // 2), 2)
@@ -44,7 +45,4 @@ def test_shared_miner_negative_frequencies_match_the_exact_law():
         freq = np.bincount(negatives[:, a], minlength=b) / n
         tolerance = 5.0 * np.sqrt(law[a] * (1 - law[a]) / n) + 1.0 / n
         assert np.all(np.abs(freq - law[a]) <= tolerance), (a, freq, law[a])
-    classmate = labels[negatives] == labels[np.arange(b)]
-    expected = np.mean([law[a, a ^ 1] for a in range(b)])
-    assert expected > 0.3  # clustered: the distance weighting favours the true classmate
-    assert abs(classmate.mean() - expected) <= 5.0 * np.sqrt(expected * (1 - expected) / (n * b)) * 3
+    assert np.mean([law[a, a ^ 1] for a in range(b)]) > 0.3  # the true classmate is a likely negative
