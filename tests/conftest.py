@@ -7,7 +7,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import tensorflow as tf  # noqa: E402
 
-# Two logical CPU devices give a real MirroredStrategy on one machine (stack_notes trap 5); this
+# Two logical CPU devices give a real MirroredStrategy on one machine; this
 # must happen before TensorFlow initialises its devices, so it is done once here.
 _cpus = tf.config.list_physical_devices("CPU")
 try:

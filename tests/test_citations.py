@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHM = os.path.join(REPO, "docs", "algorithm.md")
 # Paths of the machine the project is developed on, the out-of-repository DiVA notes, and citations
 # of their sections ("spec 4.6", also wrapped over two lines).
-OUTSIDE = re.compile(r"\.\./shared|/work/|diva_spec|\b[Ss]pec(?: \"\n\s*\"|\n\s*(?:# )?| )\d")
+OUTSIDE = re.compile(r"\.\./shared|/work/|diva_spec|stack_notes|\b[Ss]pec(?: \"\n\s*\"|\n\s*(?:# )?| )\d")
 CITATION = re.compile(r"\balgorithm\.md (?:section )?(\d+(?:\.\d+)?)")
 LINK = re.compile(r"\]\(([^)\s]*algorithm\.md)(?:#([^)\s]*))?\)")
 HEADING = re.compile(r"#{2,3} ((\d+(?:\.\d+)?)\.? .*)")

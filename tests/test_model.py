@@ -47,7 +47,7 @@ def test_heads_use_pytorch_linear_init():
 
 
 def test_frozen_bn_keeps_statistics_but_trains_gamma_beta():
-    """training=False (DiVA's frozen BN, stack_notes trap 6): moving stats fixed, gamma/beta move."""
+    """training=False (DiVA's frozen BN): moving stats fixed, gamma/beta move."""
     model = build_embedding_model(_tiny(embed_dim=8), seed=1)
     bn = model.get_layer("tiny").get_layer("bn0")
     before = [w.numpy().copy() for w in (bn.moving_mean, bn.moving_variance, bn.gamma, bn.beta)]

@@ -23,7 +23,7 @@ def build_embedding_model(options: ModelOptions, seed: int | None = None,
     `seed` seeds the heads' initialisation (None: Keras's global seed); `weights` overrides
     options.backbone_weights (e.g. 'none' when weights are restored afterwards). Heads use
     PyTorch's Linear init (algorithm.md 2.2), not Keras's Glorot/zeros. Frozen BN is a property of how the
-    model is called (training=False, stack_notes trap 6), not of the graph.
+    model is called (training=False; Keras 3's `trainable = False` would freeze gamma/beta too), not of the graph.
     """
     backbone, mode = build_backbone(options.backbone,
                                     options.backbone_weights if weights is None else weights)

@@ -21,6 +21,10 @@ from diva_tf.training.distribute import replica_values
 
 DAMAGED_DIR = "damaged"
 _NUMBER = re.compile(r"-(\d+)$")
+# State added after checkpoints were first written: absent from an older run's checkpoints, it
+# keeps its initial value (the caller derives it from what was restored).
+NEWER_STATE = ("queue_filled", "save_counter")
+_UNMATCHED = re.compile(r"path=([^,\s]+)|'([^':]+)(?::\d+)?'")
 
 
 def number(path: str) -> int:
@@ -54,7 +58,7 @@ def restore_newest(ckpt: tf.train.Checkpoint, directory: str) -> tuple[str | Non
     damaged = []
     for path in listed(directory):
         try:
-            ckpt.restore(path).assert_existing_objects_matched()
+            _check_matched(ckpt.restore(path))
             return path, damaged
         except Exception as e:  # noqa: BLE001 - TF reports a damaged file in many types
             damaged.append((path, _reason(e)))
@@ -63,6 +67,18 @@ def restore_newest(ckpt: tf.train.Checkpoint, directory: str) -> tuple[str | Non
                           + "; ".join(f"{os.path.basename(p)}: {r}" for p, r in damaged)
                           + "); move the run folder away to start over")
     return None, damaged
+
+
+def _check_matched(status) -> None:
+    """Every object of the run was restored, except state newer than the checkpoint
+    (`NEWER_STATE`)."""
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        listed_part = str(e).split(":", 1)[-1]
+        names = [a or b for a, b in _UNMATCHED.findall(listed_part)]
+        if not names or any(n.rsplit("/", 1)[-1] not in NEWER_STATE for n in names):
+            raise
 
 
 def set_aside(damaged: list, restored: str | None) -> None:

@@ -136,6 +136,8 @@ class TrainingRun:
         evaluator = self.evaluator = Evaluator(self.splits, self.model.diva_features,
                                                self.pipeline, self.evaluation, self.dataset)
         start = int(state["epoch"].numpy())
+        if start > 0 and trainer.use_keys:
+            trainer.queue_filled.assign(True)  # an older diva_tf's checkpoint has no such flag
         # Records of epochs after the checkpoint are a killed run's; before the first checkpoint
         # that includes epoch 0's, which is evaluated again below.
         run_log.truncate_after(start if start > 0 else -1)

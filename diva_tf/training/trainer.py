@@ -3,7 +3,7 @@
 
 Per step: query forward on view 1 (frozen BN = training=False), key forward on view 2, embeddings,
 keys and labels all-gathered across replicas, the objective on the global batch scaled by
-1/replicas (Keras sums replica gradients, stack_notes trap 1), one step of each parameter group's
+1/replicas (Keras sums replica gradients and does not divide a scalar loss), one step of each parameter group's
 optimizer (of the one optimizer of every group, when compile was given a Keras optimizer), then
 the momentum update of the key encoder and the FIFO enqueue of this step's keys.
 

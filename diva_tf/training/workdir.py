@@ -1,5 +1,5 @@
 """Files of a training run's --workdir and the lock that makes its run the only writer (loading a
-run's model needs its Config: `diva_tf.config.run_folder`). Keras is imported only to save
+run's model needs its Config: `diva_tf.runs.run_folder`). Keras is imported only to save
 weights."""
 
 from __future__ import annotations
