@@ -16,9 +16,10 @@ if __name__ == "__main__":  # first, before TensorFlow is imported
 
 import sys
 
+from diva_tf.core.cli import reports_errors
 from diva_tf.serving.index import (DEFAULT_INDEX_TYPE, DEFAULT_SEED, DEFAULT_TRAIN_SIZE,
-                                    IndexDataError, IndexMismatchError, add_images, build_index,
-                                    format_hits, remove_items, search_images)
+                                    IndexDataError, add_images, build_index, format_hits,
+                                    remove_items, search_images)
 
 
 def _define_flags() -> None:
@@ -92,6 +93,7 @@ def run(command: str | None, args: list[str], f) -> int:
     return 0
 
 
+@reports_errors(OSError)
 def main(argv) -> int:
     from absl import flags
 
@@ -101,13 +103,7 @@ def main(argv) -> int:
         if f[name].value is not None and f[name].value < 1:
             print(f"error: --{name}={f[name].value}: must be at least 1", file=sys.stderr)
             return 2
-    from diva_tf.serving.export import ExportError  # after the flag checks: it imports TensorFlow
-
-    try:
-        return run(command, args, f)
-    except (IndexMismatchError, IndexDataError, ExportError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(command, args, f)
 
 
 if __name__ == "__main__":

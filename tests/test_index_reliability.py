@@ -290,10 +290,11 @@ def test_killed_rebuild_keeps_the_previous_index(built, models, gallery, tmp_pat
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     leftovers = sorted(n for n in os.listdir(tmp_path) if n.startswith("."))
     searchable_as_before(out, built)  # for "swap", reading puts the aside copy back first
-    assert [n.split("-")[0] for n in leftovers] == ([".tmp"] if point == "items"
-                                                    else [".old", ".tmp"])
-    assert sorted(os.listdir(tmp_path)) == [*(leftovers if point == "items" else []), "index",
-                                            "others"]
+    # the killed writer's lock file too (its lock died with it)
+    assert [n.split("-")[0] for n in leftovers] == ([".lock", ".tmp"] if point == "items"
+                                                    else [".lock", ".old", ".tmp"])
+    kept = leftovers if point == "items" else [n for n in leftovers if n.startswith(".lock")]
+    assert sorted(os.listdir(tmp_path)) == [*kept, "index", "others"]
     # the next build removes the dead build's leftovers and swaps the new index in
     new = idx.build_index(models["b"], others, out)
     assert sorted(os.listdir(tmp_path)) == ["index", "others"]
@@ -308,3 +309,24 @@ def test_build_refuses_to_replace_a_folder_that_is_not_an_index(models, gallery,
                                                  r"\(holiday\.jpg\); refusing to replace it"):
         idx.build_index(models["a"], gallery, str(precious))
     assert os.listdir(precious) == ["holiday.jpg"] and sorted(os.listdir(tmp_path)) == ["photos"]
+
+
+@pytest.mark.parametrize("command", ["build", "add", "remove"])
+def test_a_second_writer_of_an_index_is_refused_in_one_line(built, models, gallery, tmp_path,
+                                                          command):
+    """While one process writes an index folder (held here), `index build/add/remove` on the same
+    folder stops at once, exit 2, and leaves the index as it was."""
+    from diva_tf.core.atomic import single_writer
+
+    target = copy_index(built, str(tmp_path / "busy"))
+    args = {"build": ["--saved_model", models["a"], "--images", gallery, "--out", target],
+            "add": ["--index", target, "--saved_model", models["a"], "--images", gallery],
+            "remove": ["--index", target, "--ids", "0"]}[command]
+    before = open(os.path.join(target, "items.json")).read()
+    with single_writer(target, "index"):
+        proc = run([PYTHON, "-m", "diva_tf.index", command, *args])
+    assert proc.returncode == 2, proc.stderr
+    assert error_lines(proc.stderr) == [
+        f"error: {target}: another index writer is at work on it (pid {os.getpid()}); wait for it "
+        "to end"]
+    assert open(os.path.join(target, "items.json")).read() == before

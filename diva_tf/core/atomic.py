@@ -25,6 +25,7 @@ swap). Siblings of a live process or of another host are left alone.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -194,3 +195,39 @@ def atomic_file(path: str, mode: str = "w", **open_kwargs):
     to it when the block ends without an exception (see `atomic_path`)."""
     with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
         yield f
+
+
+@contextlib.contextmanager
+def single_writer(target: str, what: str = "folder") -> Iterator[None]:
+    """Hold an exclusive flock on `.lock-<name>` beside `target` for the block, so two processes
+    never rewrite the same target at once: the second gets a ConfigError at once, naming the
+    holder's pid. The kernel drops the lock when its process dies (SIGKILL included), so a killed
+    writer never blocks the next one, which removes the file it left when it is done."""
+    from diva_tf.core.errors import ConfigError
+
+    parent, name = os.path.split(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    path = os.path.join(parent, f".lock-{name}")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "starting"
+            os.close(fd)
+            raise ConfigError(f"{target}: another {what} writer is at work on it (pid {holder}); "
+                              "wait for it to end") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # still the file at `path`, not one a releasing writer just removed
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while locked: a process waiting on this file retries on a new one
+        os.close(fd)

@@ -51,6 +51,7 @@ import shutil
 
 import numpy as np
 
+from diva_tf.core.atomic import single_writer
 from diva_tf.core.errors import DivaError
 
 INDEX_FILE = "index.faiss"
@@ -545,7 +546,14 @@ def build_index(saved_model: str, images_dir: str, out_dir: str, labels_from_fol
                 train_size: int = DEFAULT_TRAIN_SIZE, seed: int = DEFAULT_SEED) -> RetrievalIndex:
     """Embed every image under images_dir and write index.faiss, items.json and manifest.json.
     `index_type` is a faiss index_factory string (see PRESETS); trained types train on
-    `train_size` gallery vectors drawn with `seed`."""
+    `train_size` gallery vectors drawn with `seed`. One writer at a time per `out_dir`."""
+    with single_writer(out_dir, "index"):
+        return _build_index(saved_model, images_dir, out_dir, labels_from_folders, batch_size,
+                            index_type, nprobe, ef_search, train_size, seed)
+
+
+def _build_index(saved_model, images_dir, out_dir, labels_from_folders, batch_size, index_type,
+                 nprobe, ef_search, train_size, seed) -> RetrievalIndex:
     from absl import logging
 
     from diva_tf.serving.export import load_export
@@ -582,6 +590,11 @@ def add_images(index_dir: str, saved_model: str, images_dir: str,
     SavedModel that built it (fingerprint or probe checked) and add them under new ids; the
     index is rewritten atomically. A trained index keeps its training (new items are encoded
     with it)."""
+    with single_writer(index_dir, "index"):
+        return _add_images(index_dir, saved_model, images_dir, labels_from_folders, batch_size)
+
+
+def _add_images(index_dir, saved_model, images_dir, labels_from_folders, batch_size):
     from absl import logging
 
     from diva_tf.serving.export import load_export
@@ -606,6 +619,11 @@ def add_images(index_dir: str, saved_model: str, images_dir: str,
 def remove_items(index_dir: str, ids: list[int]) -> RetrievalIndex:
     """Remove items by id (items.json's `id`, a hit's `id`); the index is rewritten atomically
     and the other items keep their ids."""
+    with single_writer(index_dir, "index"):
+        return _remove_items(index_dir, ids)
+
+
+def _remove_items(index_dir, ids):
     from absl import logging
 
     old = RetrievalIndex.read(index_dir, mmap=False)
