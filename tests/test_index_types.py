@@ -4,6 +4,7 @@ memory-mapped read, and indexes written before index types existed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -55,11 +56,20 @@ def recall_at(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(e)) / exact.shape[1] for f, e in zip(found, exact)]))
 
 
+TRAINED = {}  # (index_type, training vectors) -> a trained empty index: PQ trains once
+
+
 def build(index_type: str, vectors: np.ndarray, ids: np.ndarray, train_on=None, **knobs):
     """What build_index does after embedding: new index, train (seeded sample), add, knobs."""
-    index = idx.new_index(index_type, DIM)
+    import faiss
+
+    train_on = vectors if train_on is None else train_on
+    key = (index_type, hashlib.sha1(train_on.tobytes()).hexdigest())
+    if key not in TRAINED:
+        TRAINED[key] = idx.new_index(index_type, DIM)
+        idx.train(TRAINED[key], train_on, index_type, TRAIN_SIZE, 0)
+    index = faiss.clone_index(TRAINED[key])
     params = idx.search_params(index, index_type, **knobs)
-    idx.train(index, vectors if train_on is None else train_on, index_type, TRAIN_SIZE, 0)
     index = idx.add_vectors(index, vectors, ids)
     idx.apply_search_params(index, params)
     return index, params
