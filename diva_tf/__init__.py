@@ -16,8 +16,8 @@ does not load TensorFlow:
 - evaluation: `evaluate_model` (Recall@k, NMI, F1, mAP@C, MAP@R, R-precision on a split),
   `evaluate_run` / `evaluate_export` (a run folder's or an export's model on its dataset, as
   `python -m diva_tf.evaluate`).
-- serving: `export_model`, `load_export` (TF Serving SavedModel), `build_index`, `open_index`,
-  `search_images` (faiss retrieval index over an export).
+- serving: `export_model`, `load_export` (TF Serving SavedModel), `build_index`, `add_images`,
+  `remove_items`, `open_index`, `search_images` (faiss retrieval index over an export).
 - errors: `DivaError` (base of `ConfigError`), `DataError`.
 """
 
@@ -53,6 +53,8 @@ _API = {
     "export_model": "diva_tf.serving.export",
     "load_export": "diva_tf.serving.export",
     "build_index": "diva_tf.serving.index",
+    "add_images": "diva_tf.serving.index",
+    "remove_items": "diva_tf.serving.index",
     "open_index": "diva_tf.serving.index",
     "search_images": "diva_tf.serving.index",
     "DivaError": "diva_tf.core.errors",
