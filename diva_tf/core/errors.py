@@ -9,3 +9,9 @@ class DivaError(Exception):
 
 class ConfigError(DivaError, ValueError):
     """A flag, option or combination of them that cannot work."""
+
+
+def describe(error: BaseException, limit: int = 160) -> str:
+    """'TypeName: message' on one line, cut to `limit` characters: why a third-party call failed,
+    inside a diva_tf error's one-line message."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"

@@ -16,7 +16,7 @@ import dataclasses
 import os
 
 from diva_tf.config.config import Config
-from diva_tf.core.errors import ConfigError
+from diva_tf.core.errors import ConfigError, describe
 from diva_tf.data.options import DataOptions, PipelineOptions
 from diva_tf.data.splits import Splits
 from diva_tf.evaluation.options import EvaluationOptions
@@ -118,8 +118,7 @@ def load_model(workdir: str, checkpoint: str = "best") -> tuple["keras.Model", C
     try:
         model.load_weights(path)
     except Exception as e:  # noqa: BLE001 - h5py and Keras report a damaged file in many types
-        reason = " ".join(str(e).split())[:160]
-        raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {reason}); the run's "
+        raise ConfigError(f"{path} cannot be read ({describe(e)}); the run's "
                           "other weights file or its checkpoints may be intact") from None
     return model, cfg
 

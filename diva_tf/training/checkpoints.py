@@ -16,7 +16,7 @@ import shutil
 import tensorflow as tf
 from absl import logging
 
-from diva_tf.core.errors import ConfigError
+from diva_tf.core.errors import ConfigError, describe
 from diva_tf.training.distribute import replica_values
 
 DAMAGED_DIR = "damaged"
@@ -47,11 +47,6 @@ def listed(directory: str) -> list[str]:
     return sorted({p for p in paths if _NUMBER.search(p)}, key=number, reverse=True)
 
 
-def _reason(error: Exception) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:160]}"
-
-
 def restore_newest(ckpt: tf.train.Checkpoint, directory: str) -> tuple[str | None, list]:
     """Restore the newest readable checkpoint of `directory` into `ckpt`; returns its path (None
     when the folder has none) and [(path, reason)] of the newer ones that could not be read."""
@@ -61,7 +56,7 @@ def restore_newest(ckpt: tf.train.Checkpoint, directory: str) -> tuple[str | Non
             _check_matched(ckpt.restore(path))
             return path, damaged
         except Exception as e:  # noqa: BLE001 - TF reports a damaged file in many types
-            damaged.append((path, _reason(e)))
+            damaged.append((path, describe(e)))
     if damaged:
         raise ConfigError(f"no checkpoint in {directory} can be read ("
                           + "; ".join(f"{os.path.basename(p)}: {r}" for p, r in damaged)

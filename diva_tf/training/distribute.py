@@ -53,8 +53,9 @@ def scratch_dir(workdir: str) -> str:
     (run folder, task), emptied when the worker starts and removed when it ends, so killed workers
     never leave a pile of them."""
     key = hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:12]
-    task = task_name().strip("/").replace("/job:", "").replace("/task:", "-").replace("job:", "")
-    return os.path.join(tempfile.gettempdir(), "diva_tf_scratch", f"{key}-{task or os.getpid()}")
+    task = tf_config().get("task", {})
+    name = f"{task['type']}-{task.get('index', 0)}" if task.get("type") else str(os.getpid())
+    return os.path.join(tempfile.gettempdir(), "diva_tf_scratch", f"{key}-{name}")
 
 
 _TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
