@@ -134,7 +134,7 @@ class RssMonitor:
 def server_command(kind: str, base_path: str, port: int, tmp: str) -> tuple[list[str], dict]:
     """(command, environment) that serves `base_path` as MODEL on `port`."""
     env = {**os.environ, "PYTHONPATH": REPO}
-    command = [sys.executable, "-m", "diva_tf.serve", "--model_base_path", base_path,
+    command = [sys.executable, "-m", "diva_tf.serve", "--export_dir", base_path,
                "--model_name", MODEL, "--port", str(port)]
     if kind == "stand_in":
         old = os.path.join(tmp, "stand_in_src")

@@ -17,7 +17,8 @@ does not load TensorFlow:
   `evaluate_run` / `evaluate_export` (a run folder's or an export's model on its dataset, as
   `python -m diva_tf.evaluate`).
 - serving: `export_model`, `load_export` (TF Serving SavedModel), `build_index`, `add_images`,
-  `remove_items`, `open_index`, `search_images` (faiss retrieval index over an export).
+  `remove_items`, `open_index`, `search_images` (faiss retrieval index over an export; one
+  `SearchResult` per query file: its `Hit`s or its error).
 - errors: `DivaError` (base of `ConfigError`), `DataError`.
 """
 
@@ -57,6 +58,8 @@ _API = {
     "remove_items": "diva_tf.serving.index",
     "open_index": "diva_tf.serving.index",
     "search_images": "diva_tf.serving.index",
+    "SearchResult": "diva_tf.serving.index",
+    "Hit": "diva_tf.serving.index",
     "DivaError": "diva_tf.core.errors",
     "ConfigError": "diva_tf.core.errors",
     "DataError": "diva_tf.data.errors",

@@ -3,10 +3,10 @@ it (`--classes=all`, e.g. a user's own folder of images): every head alone and e
 combination, with Recall@k, NMI, F1, mAP@C, MAP@R and R-precision.
 
     python -m diva_tf.evaluate --workdir runs/cub [--checkpoint best|last] [--data_dir DIR]
-    python -m diva_tf.evaluate --saved_model export/models/diva[/N] --dataset cub200 --data_dir DIR
+    python -m diva_tf.evaluate --export_dir export/models/diva[/N] --dataset cub200 --data_dir DIR
         [--eval_combinations "0.5,1,1,1;1,1,1,1"] [--recall_k 1,2,4,8] [--n_clusters N]
-        [--output_json results.json] [--save_retrievals 8] [--max_images 500] [--seed 1234]
-    python -m diva_tf.evaluate --saved_model export/models/diva --dataset folder --data_dir DIR \
+        [--output_json results.json] [--save_retrievals 8] [--max_images 500] [--kmeans_seed 1234]
+    python -m diva_tf.evaluate --export_dir export/models/diva --dataset folder --data_dir DIR \
         --classes all
 
 The flags are parsed here; `diva_tf.runs.evaluate` (`evaluate_run`, `evaluate_export`) does the
@@ -23,7 +23,7 @@ if __name__ == "__main__":  # first, before TensorFlow is imported
     quiet_third_party()
 
 from diva_tf.config import ConfigError, parse_weights
-from diva_tf.core.cli import parse_flags, reports_errors
+from diva_tf.core.cli import define_renamed, parse_flags, reports_errors
 from diva_tf.data.datasets import dataset_in
 from diva_tf.evaluation import FAISS_DEFAULT_SEED
 from diva_tf.runs.evaluate import CLASSES, Target, run, saved_model_target, workdir_target
@@ -41,7 +41,7 @@ USAGE = """Score a trained model on the test classes of its dataset, or on every
 (--classes=all): Recall@k, NMI, F1, mAP for every head and head combination.
 
 usage: python -m diva_tf.evaluate --workdir=runs/<name> [--checkpoint=best|last]
-       python -m diva_tf.evaluate --saved_model=export/models/diva --dataset=folder --data_dir=DIR
+       python -m diva_tf.evaluate --export_dir=export/models/diva --dataset=folder --data_dir=DIR
            [--classes=all]"""
 
 
@@ -50,7 +50,7 @@ def define_flags() -> None:
 
     flags.DEFINE_string("workdir", None, "Training run folder (config.json + best/last weights).")
     flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Weights of --workdir.")
-    flags.DEFINE_string("saved_model", None, "Exported SavedModel: a version folder or a model "
+    flags.DEFINE_string("export_dir", None, "Exported SavedModel: a version folder or a model "
                         "base path (its highest version).")
     flags.DEFINE_string("dataset", None, "Dataset name (default: the run's or the export's).")
     flags.DEFINE_string("data_dir", None, "Dataset folder (default: the run's).")
@@ -65,8 +65,10 @@ def define_flags() -> None:
                         "e.g. '0.5,1,1,1;1,1,1,1' (default: the model's).")
     flags.DEFINE_list("recall_k", [], "Recall@k cut-offs (default 1,2,4,8; SOP 1,10,100,1000).")
     flags.DEFINE_integer("n_clusters", None, "k-means clusters (default: training classes).")
-    flags.DEFINE_integer("seed", FAISS_DEFAULT_SEED, "k-means seed (and retrieval query choice).")
-    flags.DEFINE_integer("batch_size", None, "Embedding batch size (default: eval_batch_size).")
+    flags.DEFINE_integer("kmeans_seed", FAISS_DEFAULT_SEED, "k-means seed (NMI, F1); also picks "
+                         "the queries of --save_retrievals.")
+    flags.DEFINE_integer("eval_batch_size", None, "Images per embedding call (default: the "
+                         "run's --eval_batch_size).")
     flags.DEFINE_integer("max_images", 0, "Cap the images per split (0 = all), for quick runs.")
     flags.DEFINE_string("output_json", None, "Write the results here as JSON.")
     flags.DEFINE_integer("save_retrievals", 0, "Save a PNG of this many random queries with "
@@ -74,22 +76,25 @@ def define_flags() -> None:
     flags.DEFINE_string("retrievals_png", None, "Path of that PNG (default: retrievals.png "
                         "beside --output_json, else in the current folder).")
     flags.DEFINE_integer("retrievals_k", 4, "Neighbours per query in the PNG.")
+    for old, new in (("saved_model", "export_dir"), ("seed", "kmeans_seed"),
+                     ("batch_size", "eval_batch_size")):
+        define_renamed(old, new)
 
 
 def target_from_flags(f) -> Target:
-    """The model named by --workdir or --saved_model, with the data flags applied."""
-    if bool(f.workdir) == bool(f.saved_model):
-        raise ConfigError("pass exactly one of --workdir and --saved_model")
+    """The model named by --workdir or --export_dir, with the data flags applied."""
+    if bool(f.workdir) == bool(f.export_dir):
+        raise ConfigError("pass exactly one of --workdir and --export_dir")
     target = (workdir_target(f.workdir, f.checkpoint) if f.workdir
-              else saved_model_target(f.saved_model, f.dataset))
+              else saved_model_target(f.export_dir, f.dataset))
     overrides = {"max_images": f.max_images}
     for name in ("dataset", "data_dir", "tfds_data_dir", "train_classes", "test_classes"):
         if getattr(f, name) is not None:
             overrides[name] = getattr(f, name)
     if f.data_dir is not None and f.dataset is None:  # the folder given says what it holds
         overrides["dataset"] = dataset_in(f.data_dir, target.cfg.dataset)
-    if f.batch_size:
-        overrides["eval_batch_size"] = f.batch_size
+    if f.eval_batch_size:
+        overrides["eval_batch_size"] = f.eval_batch_size
     target.cfg = target.cfg.replace(**overrides)
     return target
 
@@ -114,7 +119,7 @@ def main(argv) -> int:
     recall_k = parse_recall_k(f.recall_k)
     target = target_from_flags(f)
     run(target, parse_combinations(f.eval_combinations, len(target.cfg.diva_features)),
-        recall_k, f.n_clusters, f.seed, f.output_json, f.save_retrievals, f.retrievals_png,
+        recall_k, f.n_clusters, f.kmeans_seed, f.output_json, f.save_retrievals, f.retrievals_png,
         f.retrievals_k, classes=f.classes)
     return 0
 

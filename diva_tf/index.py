@@ -1,9 +1,9 @@
-"""`python -m diva_tf.index build --saved_model export/models/diva[/N] --images DIR
+"""`python -m diva_tf.index build --export_dir export/models/diva[/N] --images DIR
 [--labels_from_folders] [--index_type Flat|HNSW32|IVF1024,Flat|IVF4096,PQ64|...]
 [--nprobe N] [--ef_search N] --out INDEX_DIR`,
-`python -m diva_tf.index add --index INDEX_DIR --saved_model ... --images DIR`,
+`python -m diva_tf.index add --index INDEX_DIR --export_dir ... --images DIR`,
 `python -m diva_tf.index remove --index INDEX_DIR --ids 3,17` and
-`python -m diva_tf.index search --index INDEX_DIR --saved_model export/models/diva[/N] [--k 5]
+`python -m diva_tf.index search --index INDEX_DIR --export_dir export/models/diva[/N] [--k 5]
 IMAGE...`: a faiss retrieval index over an export (`diva_tf.serving.index` says what it holds and
 checks; docs/indexes.md which index type when)."""
 
@@ -16,7 +16,8 @@ if __name__ == "__main__":  # first, before TensorFlow is imported
 
 import sys
 
-from diva_tf.core.cli import reports_errors
+from diva_tf.core.cli import define_renamed, reports_errors
+from diva_tf.core.errors import ConfigError
 from diva_tf.serving.index import (DEFAULT_INDEX_TYPE, DEFAULT_SEED, DEFAULT_TRAIN_SIZE,
                                     IndexDataError, add_images, build_index, format_hits,
                                     remove_items, search_images)
@@ -25,14 +26,14 @@ from diva_tf.serving.index import (DEFAULT_INDEX_TYPE, DEFAULT_SEED, DEFAULT_TRA
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("saved_model", "export/models/diva",
+    flags.DEFINE_string("export_dir", "export/models/diva",
                         "Export version folder, or its base path (-> highest version).")
     flags.DEFINE_string("images", None,
                         "build, add: folder of images to index (searched recursively).")
     flags.DEFINE_bool("labels_from_folders", False,
                       "build, add: label = first sub-folder below --images.")
     flags.DEFINE_string("out", None, "build: output index folder.")
-    flags.DEFINE_integer("batch_size", 64, "build, add: images per SavedModel call.")
+    flags.DEFINE_integer("eval_batch_size", 64, "build, add: images per embedding call.")
     flags.DEFINE_string("index_type", DEFAULT_INDEX_TYPE,
                         "build: faiss index_factory string (Flat = exact; docs/indexes.md).")
     flags.DEFINE_integer("nprobe", None,
@@ -41,21 +42,25 @@ def _define_flags() -> None:
                          "build, search: HNSW efSearch (default: the manifest's).")
     flags.DEFINE_integer("train_size", DEFAULT_TRAIN_SIZE,
                          "build: gallery vectors a trained index type trains on.")
-    flags.DEFINE_integer("seed", DEFAULT_SEED, "build: seed of the training sample.")
+    flags.DEFINE_integer("sample_seed", DEFAULT_SEED,
+                         "build: seed of the sample a trained index type trains on.")
     flags.DEFINE_string("index", None, "search, add, remove: index folder.")
     flags.DEFINE_list("ids", None, "remove: item ids to remove (items.json `id`).")
     flags.DEFINE_integer("k", 5, "search: neighbours per query.")
+    for old, new in (("saved_model", "export_dir"), ("batch_size", "eval_batch_size"),
+                     ("seed", "sample_seed")):
+        define_renamed(old, new)
 
 
 def run_search(index_dir: str, saved_model: str, images: list[str], k: int, **knobs) -> int:
     """Print the hits of each query and one error line per query that failed; exit code."""
     status = 0
-    for query, result in zip(images, search_images(index_dir, saved_model, images, k, **knobs)):
-        if isinstance(result, str):
-            print(f"error: {query}: {result}", file=sys.stderr, flush=True)
-            status = 2
+    for result in search_images(index_dir, saved_model, images, k, **knobs):
+        if result.ok:
+            print(format_hits(result.query, result.hits), flush=True)
         else:
-            print(format_hits(query, result), flush=True)
+            print(f"error: {result.query}: {result.error}", file=sys.stderr, flush=True)
+            status = 2
     return status
 
 
@@ -73,12 +78,12 @@ def run(command: str | None, args: list[str], f) -> int:
     if command == "build":
         if args or not f.images or not f.out:
             raise app.UsageError("build needs --images and --out, and no positional arguments")
-        build_index(f.saved_model, f.images, f.out, f.labels_from_folders, f.batch_size,
-                    f.index_type, train_size=f.train_size, seed=f.seed, **knobs)
+        build_index(f.export_dir, f.images, f.out, f.labels_from_folders, f.eval_batch_size,
+                    f.index_type, train_size=f.train_size, seed=f.sample_seed, **knobs)
     elif command == "add":
         if args or not f.images or not f.index:
             raise app.UsageError("add needs --index and --images, and no positional arguments")
-        add_images(f.index, f.saved_model, f.images, f.labels_from_folders, f.batch_size)
+        add_images(f.index, f.export_dir, f.images, f.labels_from_folders, f.eval_batch_size)
     elif command == "remove":
         if args or not f.index or not f.ids:
             raise app.UsageError("remove needs --index and --ids, and no positional arguments")
@@ -86,7 +91,7 @@ def run(command: str | None, args: list[str], f) -> int:
     elif command == "search":
         if not args or not f.index:
             raise app.UsageError("search needs --index and at least one IMAGE")
-        return run_search(f.index, f.saved_model, args, f.k, **knobs)
+        return run_search(f.index, f.export_dir, args, f.k, **knobs)
     else:
         raise app.UsageError("usage: python -m diva_tf.index build|add|remove|search [flags] "
                              "[IMAGE...]")
@@ -99,10 +104,9 @@ def main(argv) -> int:
 
     f = flags.FLAGS
     command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
-    for name in ("k", "batch_size", "train_size", "nprobe", "ef_search"):
+    for name in ("k", "eval_batch_size", "train_size", "nprobe", "ef_search"):
         if f[name].value is not None and f[name].value < 1:
-            print(f"error: --{name}={f[name].value}: must be at least 1", file=sys.stderr)
-            return 2
+            raise ConfigError(f"--{name}={f[name].value}: must be at least 1")
     return run(command, args, f)
 
 

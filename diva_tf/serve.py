@@ -1,4 +1,4 @@
-"""`python -m diva_tf.serve --model_base_path export/models/diva --model_name diva --port 8501
+"""`python -m diva_tf.serve --export_dir export/models/diva --model_name diva --port 8501
 [--index INDEX_DIR] [--workers N]`: serve an export on KServe's model server (`pip install
 'diva_tf[serve]'`): TF Serving's REST predict, V2 health/metadata, /metrics, and with --index the
 `<model_name>-retrieval` model (see diva_tf.serving.server and diva_tf.serving.retrieval)."""
@@ -14,6 +14,9 @@ import math
 import socket
 import sys
 
+from diva_tf.core.cli import define_renamed, reports_errors
+from diva_tf.core.errors import ConfigError
+
 _LIMITS = {  # flag -> help, for the fields of diva_tf.serving.images.Limits (0 = no limit)
     "max_request_bytes": "Larger request bodies get HTTP 413.",
     "max_image_pixels": "An image with more pixels (read from its header, before decoding) "
@@ -27,15 +30,16 @@ _LIMITS = {  # flag -> help, for the fields of diva_tf.serving.images.Limits (0 
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("model_base_path", "export/models/diva",
-                        "Folder of <version>/ SavedModels (TF Serving layout); the highest "
-                        "version that loads is served.")
+    flags.DEFINE_string("export_dir", "export/models/diva",
+                        "Folder of <version>/ SavedModels (TF Serving layout, its "
+                        "--model_base_path); the highest version that loads is served.")
     flags.DEFINE_string("model_name", "diva", "Name in the /v1/models/<name> URLs.")
     flags.DEFINE_integer("port", 8501, "REST port (TF Serving's default), on all interfaces.")
     flags.DEFINE_string("index", None, "Index folder (python -m diva_tf.index build) to serve as "
                         "<model_name>-retrieval; it must have been built by the served version.")
     flags.DEFINE_integer("max_k", 100, "Largest k a retrieval request may ask for.")
     flags.DEFINE_integer("workers", 1, "Server processes (each loads the model).")
+    define_renamed("model_base_path", "export_dir")
     from diva_tf.serving.images import Limits
 
     for name, help_text in _LIMITS.items():
@@ -81,7 +85,7 @@ def build_models(f) -> list:
     """The loaded models the flags ask for (ServeError when they cannot be served)."""
     server, retrieval = import_server()
     limits = server.Limits(**{name: getattr(f, name) for name in _LIMITS})
-    embedder = server.EmbeddingModel(f.model_name, f.model_base_path, limits)
+    embedder = server.EmbeddingModel(f.model_name, f.export_dir, limits)
     embedder.load()
     models = [embedder]
     if f.index:
@@ -99,19 +103,13 @@ def main(argv) -> int:
     return run(flags.FLAGS)
 
 
+@reports_errors()
 def run(f) -> int:
     """Serve until SIGTERM/SIGINT; 2 for a bad flag, a model or index that cannot be served, or
     a port in use."""
-    from diva_tf.core.errors import DivaError
-
     if error := flag_error(f) or port_error(f.port):
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        models = build_models(f)
-    except DivaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(error)
+    models = build_models(f)
     from diva_tf.serving.server import serve
 
     names = ", ".join(m.name for m in models)

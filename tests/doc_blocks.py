@@ -5,7 +5,10 @@ carry an annotation for the doc tests:
 
     <!-- doctest: skip (why) -->          never run (e.g. needs Docker, a GPU or many hours)
     <!-- doctest: slow -->                run only with `pytest -m slow` (CI runs it)
-    <!-- doctest: fresh-clone -->         run verbatim in a fresh clone with a fresh venv (slow)
+    <!-- doctest: fresh-clone -->         run verbatim in a fresh clone with a fresh venv, then
+                                          the document's blocks after it, in that clone (slow)
+    <!-- doctest: install -->             installs into the reader's venv: run only in the
+                                          fresh clone (the test venv has every extra)
     <!-- doctest: background URL -->      start in the background, wait until URL answers;
                                           stopped when the document's last block has run
     <!-- doctest: expect REGEX -->        its output (stdout + stderr) must match REGEX
@@ -22,7 +25,7 @@ import re
 RUNNABLE = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python", "py": "python"}
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+)(?P<lang>[\w+-]*)[^\n]*$")
 ANNOTATION = re.compile(r"^\s*<!--\s*doctest:\s*(?P<opts>.*?)\s*-->\s*$")
-KNOWN = ("skip", "slow", "fresh-clone", "background", "expect")
+KNOWN = ("skip", "slow", "fresh-clone", "install", "background", "expect")
 
 
 @dataclasses.dataclass

@@ -135,7 +135,7 @@ def start_server(base_path: str, name: str = "diva", *flags: str,
 
     port = free_port()
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen([PYTHON, "-m", "diva_tf.serve", "--model_base_path", base_path,
+    proc = subprocess.Popen([PYTHON, "-m", "diva_tf.serve", "--export_dir", base_path,
                              "--model_name", name, "--port", str(port), *flags], cwd=REPO,
                             env=subprocess_env(), stdout=log, stderr=log, text=True)
     proc.log = log

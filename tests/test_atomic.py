@@ -176,3 +176,19 @@ def test_a_live_writers_sibling_and_other_names_are_left_alone(tmp_path):
     finally:
         holder.communicate(b"")
     assert atomic.clean_stale(str(tmp_path)) == [str(tmp_path / theirs)]
+
+
+def test_single_writer_refuses_a_second_writer_and_frees_the_target_after(tmp_path):
+    from diva_tf.core.errors import ConfigError
+
+    target = str(tmp_path / "index")
+    lock = tmp_path / ".lock-index"
+    with atomic.single_writer(target, "index"):
+        assert lock.is_file()
+        with pytest.raises(ConfigError, match=rf"another index writer is at work on it "
+                                              rf"\(pid {os.getpid()} on "):
+            with atomic.single_writer(target, "index"):
+                pass
+    assert not lock.exists()
+    with atomic.single_writer(target, "index"):  # free again
+        assert lock.is_file()

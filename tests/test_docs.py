@@ -8,9 +8,12 @@ their own: a copy of the repository's documents, configs/, export/ and benchmark
 and `python` = this interpreter, diva_tf importable from the repository. A document whose first
 command trains on a fresh clone (the README) has that training run first, so the sections after it
 find its run folder. Blocks annotated `slow`
-run alone in a fresh workspace under `pytest -m slow`; `fresh-clone` blocks (the README's first
-command) run verbatim in a fresh clone with a fresh venv, also under `-m slow`; `skip` blocks name
-their reason and are listed by `test_skipped_blocks_say_why`. Annotations: tests/doc_blocks.py.
+run alone in a fresh workspace under `pytest -m slow`. Under `-m slow` too, a document with a
+`fresh-clone` block (the README's first command) runs as a new user reads it: a fresh clone, that
+block verbatim with the machine's python3, then every block after it in order, in the clone with
+its venv activated (`install` blocks, which the shared workspace skips, included), on the real
+data the first command prepared. `skip` blocks name their reason and are listed by
+`test_skipped_blocks_say_why`. Annotations: tests/doc_blocks.py.
 """
 
 from __future__ import annotations
@@ -51,10 +54,11 @@ def doc_blocks(path: str) -> list[Block]:
 
 
 ALL = {path: doc_blocks(path) for path in documents()}
+NOT_IN_WORKSPACE = {"skip", "slow", "fresh-clone", "install"}
 SEQUENTIAL = [p for p, bs in ALL.items()
-              if any(not ({"skip", "slow", "fresh-clone"} & set(b.options)) for b in bs)]
+              if any(not (NOT_IN_WORKSPACE & set(b.options)) for b in bs)]
 ALONE = [b for bs in ALL.values() for b in bs if "slow" in b.options and "skip" not in b.options]
-FRESH = [b for bs in ALL.values() for b in bs if "fresh-clone" in b.options]
+FRESH = [p for p, bs in ALL.items() if any("fresh-clone" in b.options for b in bs)]
 
 
 # ---- workspace ------------------------------------------------------------------------------------
@@ -136,8 +140,8 @@ def start_background(block: Block, ws: str, env: dict, n: int) -> subprocess.Pop
     pytest.fail(f"{block.where}: {url} did not answer within 5 minutes")
 
 
-def run_in_order(doc: list[Block], ws: str) -> None:
-    env, background = environment(ws), []
+def run_in_order(doc: list[Block], ws: str, env: dict | None = None) -> None:
+    env, background = env or environment(ws), []
     try:
         for n, block in enumerate(doc):
             if "background" in block.options:
@@ -167,7 +171,7 @@ def first_run(doc: list[Block]) -> list[Block]:
 def test_document_runs(path, seed_workspace, tmp_path):
     """The document's blocks in order, after its first command's training (`first_run`)."""
     run_in_order(first_run(ALL[path])
-                 + [b for b in ALL[path] if not {"skip", "slow", "fresh-clone"} & set(b.options)],
+                 + [b for b in ALL[path] if not NOT_IN_WORKSPACE & set(b.options)],
                  workspace(seed_workspace, tmp_path))
 
 
@@ -178,17 +182,23 @@ def test_slow_block_runs(block, seed_workspace, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", FRESH, ids=[b.where for b in FRESH])
-def test_fresh_clone_block_runs(block, tmp_path):
-    """As a new user: clone the repository, then run the block verbatim with the machine's
-    python3 (no venv of ours on PATH)."""
+@pytest.mark.parametrize("path", FRESH)
+def test_document_runs_in_a_fresh_clone(path, tmp_path):
+    """As a new user: clone the repository, run the fresh-clone block verbatim with the machine's
+    python3 (no venv of ours on PATH), then every later block of the document in order with the
+    clone's venv activated, as its text says to."""
     clone = str(tmp_path / "clone")
     subprocess.run(["git", "clone", "-q", REPO, clone], check=True)
     venv_bin = os.path.dirname(sys.executable)
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    path_var = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    output = run_block(block, clone, {**env, "PATH": path}, 0)
-    print(output[-3000:])
+    doc = [b for b in ALL[path] if not {"skip", "slow"} & set(b.options)]
+    first = next(i for i, b in enumerate(doc) if "fresh-clone" in b.options)
+    print(run_block(doc[first], clone, {**env, "PATH": path_var}, 0)[-3000:])
+    venv = os.path.join(clone, ".venv")
+    activated = {**env, "VIRTUAL_ENV": venv,
+                 "PATH": os.pathsep.join([os.path.join(venv, "bin"), path_var])}
+    run_in_order(doc[first + 1:], clone, activated)
 
 
 def test_skipped_blocks_say_why():

@@ -140,19 +140,19 @@ def run_and_data(tmp_path_factory):
 
 
 def flags(**kw):
-    defaults = dict(workdir=None, saved_model=None, checkpoint="best", dataset=None, data_dir=None,
+    defaults = dict(workdir=None, export_dir=None, checkpoint="best", dataset=None, data_dir=None,
                     tfds_data_dir=None, train_classes=None, test_classes=None, max_images=0,
-                    batch_size=None)
+                    eval_batch_size=None)
     return types.SimpleNamespace(**{**defaults, **kw})
 
 
-def test_workdir_and_saved_model_give_identical_results(run_and_data, tmp_path):
+def test_workdir_and_export_dir_give_identical_results(run_and_data, tmp_path):
     from diva_tf.serving import export
 
     workdir, data_dir, model, cfg = run_and_data
     combos = evaluate.parse_combinations("0.5,1,1,1;1,1,1,1", 4)
     out = str(tmp_path / "w.json")
-    target = evaluate.target_from_flags(flags(workdir=workdir, data_dir=data_dir, batch_size=7))
+    target = evaluate.target_from_flags(flags(workdir=workdir, data_dir=data_dir, eval_batch_size=7))
     from_workdir = evaluate.run(target, combos, [1, 2], output_json=out, save_retrievals_n=3,
                                 verbose=False)
     assert list(from_workdir) == HEADS + ["combined[0.5,1,1,1]", "combined[1,1,1,1]"]
@@ -168,7 +168,7 @@ def test_workdir_and_saved_model_give_identical_results(run_and_data, tmp_path):
     export.export_model(model, cfg, base, head_weights=(0.5, 1.0, 1.0, 1.0), dataset=cfg.dataset)
     export.export_model(model, cfg, base, head_weights=(1.0, 1.0, 1.0, 1.0),  # version 2
                         dataset=cfg.dataset)
-    target = evaluate.target_from_flags(flags(saved_model=base, data_dir=data_dir))
+    target = evaluate.target_from_flags(flags(export_dir=base, data_dir=data_dir))
     assert target.source["version"] == 2 and target.combinations == [(1.0, 1.0, 1.0, 1.0)]
     assert (target.cfg.crop, target.cfg.resize, target.cfg.dataset) == (32, 36, "folder")
     from_export = evaluate.run(target, combos, [1, 2], verbose=False)
@@ -218,7 +218,7 @@ def test_flag_errors(run_and_data):
     with pytest.raises(ConfigError, match="exactly one"):
         evaluate.target_from_flags(flags())
     with pytest.raises(ConfigError, match="exactly one"):
-        evaluate.target_from_flags(flags(workdir=workdir, saved_model=workdir))
+        evaluate.target_from_flags(flags(workdir=workdir, export_dir=workdir))
     with pytest.raises(ConfigError):
         evaluate.parse_combinations("0.5,1", 4)
     with pytest.raises(ConfigError):

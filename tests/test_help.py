@@ -9,6 +9,7 @@ import pytest
 
 from diva_tf.config import Config
 from diva_tf.config.flags import first_sentence
+from diva_tf.core.errors import ConfigError
 
 TRAIN_FLAGS = ["dataset", "data_dir", "workdir", "backbone", "backbone_weights", "n_epochs", "bs",
                "lr", "diva_features", "val_classes_fraction", "eval_every"]
@@ -50,10 +51,10 @@ def test_train_help_lists_the_flags_that_matter(flag):
 
 
 @pytest.mark.parametrize("module, expected", [
-    ("diva_tf.evaluate", {"workdir": "Training run folder", "saved_model": "Exported SavedModel",
+    ("diva_tf.evaluate", {"workdir": "Training run folder", "export_dir": "Exported SavedModel",
                           "classes=test": "every class of the dataset",
                           "data_dir": "Dataset folder"}),
-    ("diva_tf.index", {"saved_model=export/models/diva": "Export version folder",
+    ("diva_tf.index", {"export_dir=export/models/diva": "Export version folder",
                        "images": "build, add: folder of images", "index": "search, add, remove: index folder",
                        "k=5": "search: neighbours per query."}),
 ])
@@ -95,3 +96,44 @@ def test_an_unknown_flag_is_one_line_and_exit_2(module):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "error: Unknown command line flag 'no_such_flag' (--help lists the flags)"]
+
+
+def test_a_renamed_flag_still_works_and_says_its_new_name():
+    from absl import flags
+
+    from diva_tf.core.cli import define_renamed, renamed_warnings
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("export_dir", "default", "new name", flag_values=fv)
+    define_renamed("saved_model", "export_dir", flag_values=fv)
+    fv(["prog", "--saved_model=old/path"])
+    assert fv.export_dir == "old/path"
+    assert renamed_warnings(fv) == ["warning: --saved_model is renamed --export_dir; the old "
+                                    "name goes away in the next release"]
+    fv.unparse_flags()
+    fv(["prog", "--export_dir=new/path"])
+    assert fv.export_dir == "new/path" and renamed_warnings(fv) == []
+    fv.unparse_flags()
+    fv(["prog", "--saved_model=a", "--export_dir=b"])
+    with pytest.raises(ConfigError, match="--saved_model is the old name of --export_dir"):
+        renamed_warnings(fv)
+
+
+@pytest.mark.parametrize("module, old, new", [
+    ("diva_tf.evaluate", "--seed=3", "--kmeans_seed"),
+    ("diva_tf.evaluate", "--batch_size=8", "--eval_batch_size"),
+    ("diva_tf.index", "--saved_model=nowhere", "--export_dir"),
+    ("diva_tf.index", "--seed=3", "--sample_seed"),
+])
+def test_old_flag_names_warn_once_then_run(module, old, new, tmp_path):
+    """The old name reaches the command (it fails later, on the missing run or index, not on
+    the flag)."""
+    args = (["--workdir", str(tmp_path / "no_run")] if module.endswith("evaluate")
+            else ["search", "--index", str(tmp_path / "no_index"), str(tmp_path / "q.png")])
+    proc = subprocess.run([sys.executable, "-m", module, old, *args], capture_output=True,
+                          text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    name = old.split("=")[0]
+    assert proc.returncode == 2 and lines[0] == (
+        f"warning: {name} is renamed {new}; the old name goes away in the next release"), lines
+    assert lines[-1].startswith("error: ") and "Traceback" not in proc.stderr

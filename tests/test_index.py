@@ -66,7 +66,9 @@ def test_index_vectors_are_the_savedmodel_embeddings(built, exported):
 def test_search_finds_the_query_itself(built, exported):
     queries = [built.items[i]["path"] for i in (0, 5, 11)]
     results = idx.search_images(built.index_dir, exported, queries, k=3)
-    for query, hits in zip(queries, results):
+    for query, result in zip(queries, results):
+        hits = result.hits
+        assert result.ok and result.query == query and result.error is None
         assert len(hits) == 3 and hits[0].path == query
         assert hits[0].score == pytest.approx(1.0, abs=1e-4)
         assert hits[0].score >= hits[1].score >= hits[2].score
@@ -120,7 +122,7 @@ def test_end_to_end_chain(tmp_path, image_dir):
 
     # index built from the export; gallery holds the query images
     index_dir = str(tmp_path / "index")
-    check(run([PYTHON, "-m", "diva_tf.index", "build", "--saved_model", base, "--images", image_dir,
+    check(run([PYTHON, "-m", "diva_tf.index", "build", "--export_dir", base, "--images", image_dir,
                "--labels_from_folders", "--out", index_dir]))
     gallery = idx.RetrievalIndex.read(index_dir)
 
@@ -143,7 +145,7 @@ def test_end_to_end_chain(tmp_path, image_dir):
 
     # the index search CLI gives the same top-1
     proc = check(run([PYTHON, "-m", "diva_tf.index", "search", "--index", index_dir,
-                      "--saved_model", base, "--k", "1", queries[0]]))
+                      "--export_dir", base, "--k", "1", queries[0]]))
     assert "class_02" in proc.stdout and "img_1.jpg" in proc.stdout
     manifest = export.read_manifest(version_dir)
     assert manifest["head_weights"] == [0.5, 1.0, 1.0, 1.0]

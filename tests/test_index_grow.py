@@ -100,10 +100,10 @@ def error_line(args: list[str]) -> str:
 def test_cli_refusals_are_one_line(models, gallery, tmp_path):
     out = str(tmp_path / "ix")
     idx.build_index(models["a"], os.path.join(gallery, "old"), out)
-    assert error_line(["add", "--index", out, "--saved_model", models["b"], "--images",
+    assert error_line(["add", "--index", out, "--export_dir", models["b"], "--images",
                        os.path.join(gallery, "new")]).startswith(
         f"error: index {out} was built with another SavedModel (")
-    assert error_line(["build", "--saved_model", models["a"], "--images", gallery, "--out",
+    assert error_line(["build", "--export_dir", models["a"], "--images", gallery, "--out",
                        str(tmp_path / "x"), "--index_type", "HNSW32,Flatx"]).startswith(
         "error: --index_type 'HNSW32,Flatx': not a faiss index_factory string for 512-d vectors")
     assert error_line(["build", "--images", gallery, "--out", str(tmp_path / "x"),

@@ -74,7 +74,7 @@ def test_entry_point_stderr_is_only_its_error(tmp_path):
     missing = tmp_path / "missing"
     proc = subprocess.run(
         [sys.executable, "-m", "diva_tf.index", "search", f"--index={missing}",
-         f"--saved_model={missing}", str(tmp_path / "query.png")],
+         f"--export_dir={missing}", str(tmp_path / "query.png")],
         env=env_without_log_level(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [f"error: --index {missing}: no such index folder"]

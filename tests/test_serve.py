@@ -334,9 +334,9 @@ def test_a_mismatched_index_or_no_model_refuses_to_start(base_path, index_dirs, 
     """Index of version 1 against served version 2; a base path without a loadable version."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    for flags, message in ((["--model_base_path", base_path, "--index", index_dirs[1]],
+    for flags, message in ((["--export_dir", base_path, "--index", index_dirs[1]],
                             "was built with another SavedModel"),
-                           (["--model_base_path", str(empty)], "no loadable")):
+                           (["--export_dir", str(empty)], "no loadable")):
         proc = run([PYTHON, "-m", "diva_tf.serve", "--port", str(free_port()), *flags],
                    timeout=300)
         assert proc.returncode == 2, proc.stderr
@@ -399,7 +399,7 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(capsys, name, value, rule):
 
 def test_a_port_in_use_is_one_line_and_exit_2(url):
     port = url.rsplit(":", 1)[1]
-    proc = run([PYTHON, "-m", "diva_tf.serve", "--port", port, "--model_base_path", "nowhere"])
+    proc = run([PYTHON, "-m", "diva_tf.serve", "--port", port, "--export_dir", "nowhere"])
     assert (proc.returncode, proc.stderr.strip().splitlines()[-1]) == (
         2, f"error: --port={port}: Address already in use")
 

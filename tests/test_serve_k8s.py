@@ -68,19 +68,19 @@ def test_custom_predictor_runs_the_serve_entry_point_with_its_flags(tmp_path):
     predictor, container = _container()
     assert container["command"] == ["python", "-m", "diva_tf.serve"]
     args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
-    assert set(args) == {"model_base_path", "model_name", "index", "port"}
+    assert set(args) == {"export_dir", "model_name", "index", "port"}
     assert int(args["port"]) == container["ports"][0]["containerPort"] == \
         container["readinessProbe"]["httpGet"]["port"]
     mount = container["volumeMounts"][0]["mountPath"]
-    assert args["model_base_path"].startswith(mount) and args["index"].startswith(mount)
+    assert args["export_dir"].startswith(mount) and args["index"].startswith(mount)
     assert predictor["volumes"][0]["name"] == container["volumeMounts"][0]["name"]
-    moved = {**args, "model_base_path": str(tmp_path / "diva"), "index": str(tmp_path / "index"),
+    moved = {**args, "export_dir": str(tmp_path / "diva"), "index": str(tmp_path / "index"),
              "port": str(free_port())}
     proc = run([PYTHON, "-m", "diva_tf.serve", *(f"--{k}={v}" for k, v in moved.items())],
                timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: --model_base_path {tmp_path / 'diva'}: no loadable <version>/saved_model.pb")
+        f"error: --export_dir {tmp_path / 'diva'}: no loadable <version>/saved_model.pb")
 
 
 def test_dockerfile_builds_the_image_the_manifest_runs():

@@ -5,7 +5,8 @@ torch follows torch.set_num_threads). Inside a worker the original diva_main.py 
 batch over and over (its loop body unchanged: forward, key encoder, losses, backward, its gradient
 logging, Adam, EMA, enqueue); its training iterator interleaves the blocks: `warmup` untimed
 steps of each side, then `blocks` x (`iters` timed original steps, `iters` timed diva_tf steps
-(its compiled train_step)). An original step is timed from handing out its batch to the request
+with its compiled train_step (`tf.function`, as `fit` runs it), `iters` timed diva_tf steps run
+eagerly (`run_eagerly=True`), so that compiled-vs-eager is visible next to torch's eager loop). An original step is timed from handing out its batch to the request
 for the next one. Cases: EfficientNet-Lite0 (ImageNet weights) at 64 px and ResNet-50 (random
 weights; torchvision's v1.5 layout in torch, keras.applications' in diva_tf) at 224 px, DiVA
 published settings (4 x 128 heads, queue, decorrelation).
@@ -31,29 +32,31 @@ MODELS = {"lite0_64": ("lite0", "efficientnet_lite0", 64), "resnet50_224": ("res
 
 
 class Interleaved:
-    """The original's training iterator: yields its batches and times them, running diva_tf's
-    blocks in between."""
+    """The original's training iterator: yields its batches and times them, running each of
+    diva_tf's blocks (name -> function running n steps) in between."""
 
-    def __init__(self, loader, tf_block, warmup: int, blocks: int, iters: int):
-        self.loader, self.tf_block = loader, tf_block
+    def __init__(self, loader, tf_blocks: dict, warmup: int, blocks: int, iters: int):
+        self.loader, self.tf_blocks = loader, tf_blocks
         self.warmup, self.blocks, self.iters = warmup, blocks, iters
-        self.original, self.diva_tf = [], []
+        self.times = {"original": [], **{name: [] for name in tf_blocks}}
 
     def __iter__(self):
         batches = iter(self.loader)
         for _ in range(self.warmup):
             yield next(batches)
-        self.tf_block(self.warmup)
+        for block in self.tf_blocks.values():
+            block(self.warmup)
         for _ in range(self.blocks):
             time.sleep(PAUSE)
             t0 = time.perf_counter()
             for _ in range(self.iters):
                 yield next(batches)
-            self.original.append((time.perf_counter() - t0) / self.iters)
-            time.sleep(PAUSE)
-            t0 = time.perf_counter()
-            self.tf_block(self.iters)
-            self.diva_tf.append((time.perf_counter() - t0) / self.iters)
+            self.times["original"].append((time.perf_counter() - t0) / self.iters)
+            for name, block in self.tf_blocks.items():
+                time.sleep(PAUSE)
+                t0 = time.perf_counter()
+                block(self.iters)
+                self.times[name].append((time.perf_counter() - t0) / self.iters)
 
 
 def worker(a, threads: int, config_path: str) -> list[dict]:
@@ -64,12 +67,15 @@ def worker(a, threads: int, config_path: str) -> list[dict]:
     for model in a.models.split(","):
         torch_backbone, tf_backbone, size = MODELS[model]
         bs = a.bs if model == "lite0_64" else a.resnet_bs
-        _, step, batch = tf_side.speed_trainer(tf_backbone, size, bs, config_path)
+        trainer, step, batch = tf_side.speed_trainer(tf_backbone, size, bs, config_path)
 
-        def tf_block(n, step=step, batch=batch):
+        def tf_block(n, step, batch=batch):
             for _ in range(n):
                 logs = step(batch)
             float(logs["loss"])
+
+        tf_blocks = {"diva_tf": lambda n, step=step: tf_block(n, step),
+                     "diva_tf_eager": lambda n, step=trainer.train_step: tf_block(n, step)}
 
         cfg = tf_side.load_config(config_path, bs=bs, crop=size, resize=size, data_dir="").to_dict()
         rng = np.random.RandomState(0)
@@ -85,7 +91,7 @@ def worker(a, threads: int, config_path: str) -> list[dict]:
                     "evaluation_train": ds}
 
         def on_epoch(g, epoch, loader):
-            timer["it"] = Interleaved(loader, tf_block, a.warmup, a.blocks, a.iters)
+            timer["it"] = Interleaved(loader, tf_blocks, a.warmup, a.blocks, a.iters)
             return timer["it"]
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -97,11 +103,12 @@ def worker(a, threads: int, config_path: str) -> list[dict]:
         it = timer["it"]
         result = {"model": model, "image_size": size, "bs": bs, "threads": threads,
                   "blocks": a.blocks, "iters": a.iters,
-                  "original_s_per_step": it.original, "diva_tf_s_per_step": it.diva_tf}
-        for side in ("original", "diva_tf"):
+                  **{f"{side}_s_per_step": times for side, times in it.times.items()}}
+        for side in it.times:
             result[f"{side}_images_per_s"] = bs / statistics.median(result[f"{side}_s_per_step"])
-        result["ratio_diva_tf_over_original"] = (result["diva_tf_images_per_s"]
-                                                 / result["original_images_per_s"])
+        for side in tf_blocks:
+            result[f"ratio_{side}_over_original"] = (result[f"{side}_images_per_s"]
+                                                     / result["original_images_per_s"])
         out.append(result)
     return out
 
@@ -126,11 +133,13 @@ def main(a) -> None:
             raise official.ParityError(f"speed worker ({threads} threads) failed: "
                                        f"{proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
         results += json.loads(lines[-1][len("SPEED_RESULT "):])
-    print("| model | threads | batch | original img/s | diva_tf img/s | diva_tf / original |")
-    print("|---|---|---|---|---|---|")
+    print("| model | threads | batch | original img/s (eager torch) | diva_tf img/s (compiled) "
+          "| compiled / original | diva_tf img/s (eager) | eager / original |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['threads']} | {r['bs']} | {r['original_images_per_s']:.1f} | "
-              f"{r['diva_tf_images_per_s']:.1f} | {r['ratio_diva_tf_over_original']:.2f} |")
+              f"{r['diva_tf_images_per_s']:.1f} | {r['ratio_diva_tf_over_original']:.2f} | "
+              f"{r['diva_tf_eager_images_per_s']:.1f} | {r['ratio_diva_tf_eager_over_original']:.2f} |")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"results": results, "load_average_at_end": os.getloadavg()}, f, indent=1)

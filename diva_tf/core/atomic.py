@@ -25,7 +25,6 @@ swap). Siblings of a live process or of another host are left alone.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import secrets
@@ -34,6 +33,8 @@ import socket
 from typing import Iterator
 
 from absl import logging
+
+from diva_tf.core.locks import exclusive_lock
 
 _OWNED = re.compile(r"\.(?P<kind>tmp|old)-(?P<target>.+)-(?P<host>[A-Za-z0-9]+)\.(?P<pid>\d+)"
                     r"-[a-z0-9_]+(?:\.[^/]*)?")
@@ -199,35 +200,16 @@ def atomic_file(path: str, mode: str = "w", **open_kwargs):
 
 @contextlib.contextmanager
 def single_writer(target: str, what: str = "folder") -> Iterator[None]:
-    """Hold an exclusive flock on `.lock-<name>` beside `target` for the block, so two processes
-    never rewrite the same target at once: the second gets a ConfigError at once, naming the
-    holder's pid. The kernel drops the lock when its process dies (SIGKILL included), so a killed
-    writer never blocks the next one, which removes the file it left when it is done."""
+    """Hold `.lock-<name>` beside `target` for the block (`core.locks`), so two processes never
+    rewrite the same target at once: the second gets a ConfigError at once, naming the holder."""
     from diva_tf.core.errors import ConfigError
 
     parent, name = os.path.split(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
-    path = os.path.join(parent, f".lock-{name}")
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "starting"
-            os.close(fd)
-            raise ConfigError(f"{target}: another {what} writer is at work on it (pid {holder}); "
-                              "wait for it to end") from None
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break  # still the file at `path`, not one a releasing writer just removed
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+    def refuse(holder: str) -> ConfigError:
+        return ConfigError(f"{target}: another {what} writer is at work on it ({holder}); "
+                           "wait for it to end")
+
+    with exclusive_lock(os.path.join(parent, f".lock-{name}"), refuse):
         yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # while locked: a process waiting on this file retries on a new one
-        os.close(fd)

@@ -1,10 +1,10 @@
 """Image retrieval over a diva_tf export: a faiss inner-product index of its unit-norm embeddings.
 
-`python -m diva_tf.index build --saved_model export/models/diva[/N] --images DIR
+`python -m diva_tf.index build --export_dir export/models/diva[/N] --images DIR
 [--labels_from_folders] [--index_type FACTORY] [--nprobe N] [--ef_search N] --out INDEX_DIR`
-`python -m diva_tf.index add --index INDEX_DIR --saved_model ... --images DIR`
+`python -m diva_tf.index add --index INDEX_DIR --export_dir ... --images DIR`
 `python -m diva_tf.index remove --index INDEX_DIR --ids 3,17`
-`python -m diva_tf.index search --index INDEX_DIR --saved_model export/models/diva[/N] [--k 5]
+`python -m diva_tf.index search --index INDEX_DIR --export_dir export/models/diva[/N] [--k 5]
 IMAGE...`
 
 Embeddings come from the SavedModel's `serving_default` (encoded bytes in, so the index sees the
@@ -92,6 +92,19 @@ class Hit:
     path: str
     label: str | None
     score: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """One query file's answer: its hits, best first, or why it could not be searched (then
+    `error` is one line and `hits` is empty)."""
+    query: str
+    hits: tuple[Hit, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -208,7 +221,7 @@ def check_identity(built: dict, given: dict, index_dir: str) -> None:
     raise IndexMismatchError(
         f"index {index_dir} was built with another SavedModel ({'; '.join(diffs)}); its embeddings "
         f"are not comparable. Query it with {built['saved_model']} or rebuild it with "
-        f"`python -m diva_tf.index build --saved_model {given['saved_model']} ...`")
+        f"`python -m diva_tf.index build --export_dir {given['saved_model']} ...`")
 
 
 def served_mismatch(manifest: dict, model_version, probe_embedding, index_dir: str,
@@ -642,20 +655,19 @@ def _remove_items(index_dir, ids):
 
 
 def search_images(index_dir: str, saved_model: str, images: list[str], k: int = 5,
-                  nprobe: int | None = None, ef_search: int | None = None) -> list[list[Hit] | str]:
+                  nprobe: int | None = None, ef_search: int | None = None) -> list[SearchResult]:
     """Embed query image files with the SavedModel the index was built with, and search (knobs:
-    the manifest's unless given). Per query, in order: its hits, or why it could not be read or
-    decoded (one line)."""
+    the manifest's unless given). One SearchResult per query, in order: its hits, or why the file
+    could not be read or decoded."""
     from diva_tf.serving.export import load_export
 
     index = RetrievalIndex.read(index_dir, nprobe, ef_search)
     export = load_export(saved_model)
     check_identity(index.manifest["model"], model_identity(export), index_dir)
     embeddings, kept, failed = embed_files(export, images)
-    results: list[list[Hit] | str] = [failed.get(i, "") for i in range(len(images))]
-    for i, hits in zip(kept, index.search(embeddings, k) if kept else []):
-        results[i] = hits
-    return results
+    found = dict(zip(kept, index.search(embeddings, k) if kept else []))
+    return [SearchResult(query, tuple(found[i])) if i in found
+            else SearchResult(query, error=failed[i]) for i, query in enumerate(images)]
 
 
 def format_hits(query: str, hits: list[Hit]) -> str:

@@ -61,7 +61,7 @@ def load_latest(base_path: str) -> tuple:
             continue
         logging.info("loaded version %d from %s", version, base_path)
         return export, failures
-    raise ServeError(f"--model_base_path {base_path}: no loadable <version>/saved_model.pb"
+    raise ServeError(f"--export_dir {base_path}: no loadable <version>/saved_model.pb"
                      + (f" ({'; '.join(f'{v}: {m}' for v, m in failures.items())})"
                         if failures else ""))
 

@@ -4,16 +4,12 @@ weights."""
 
 from __future__ import annotations
 
-import fcntl
-import json
+import contextlib
 import os
-import shlex
-import socket
-import sys
-import time
 from typing import TYPE_CHECKING
 
 from diva_tf.core.atomic import atomic_path
+from diva_tf.core.locks import exclusive_lock
 from diva_tf.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,19 +25,21 @@ LOCK_FILE = ".lock"
 class WorkdirLock:
     """Context manager: this process is the only writer of `workdir` while inside.
 
-    An exclusive flock on <workdir>/.lock, which holds the holder's pid, host, start time and
-    command. The kernel drops a flock when its process dies (also on SIGKILL), so a crashed run
-    leaves at most a stale file that the next run takes over. A second writer gets a ConfigError
-    naming the holder at once (no waiting). On exit the file is removed, and the folder too when
-    this lock created it and nothing else was written (a run that failed before writing anything
-    leaves no workdir behind).
+    An exclusive lock on <workdir>/.lock (`core.locks`: dropped by the kernel when its process
+    dies, so a crashed run never blocks the next). A second writer gets a ConfigError naming the
+    holder at once. On exit the file is removed, and the folder too when this lock created it and
+    nothing else was written (a run that failed before writing anything leaves no workdir behind).
     """
 
     def __init__(self, workdir: str):
         self.workdir = workdir
         self.path = os.path.join(workdir, LOCK_FILE)
-        self._fd: int | None = None
+        self._held = contextlib.ExitStack()
         self._created = False
+
+    def _refuse(self, holder: str) -> ConfigError:
+        return ConfigError(f"--workdir={self.workdir} is in use by another training run "
+                           f"({holder}); wait for it to end or use another --workdir")
 
     def __enter__(self) -> "WorkdirLock":
         if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
@@ -52,56 +50,18 @@ class WorkdirLock:
         except OSError as e:
             raise ConfigError(f"--workdir={self.workdir}: cannot create the folder ({e.strerror})") from None
         try:
-            self._fd = self._acquire()
+            self._held.enter_context(exclusive_lock(self.path, self._refuse))
+        except OSError as e:
+            self._remove_created_folder()
+            raise ConfigError(f"--workdir={self.workdir}: cannot write its lock file "
+                              f"({e.strerror})") from None
         except BaseException:
             self._remove_created_folder()
             raise
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                  "command": shlex.join(sys.orig_argv)}
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, (json.dumps(holder) + "\n").encode())
         return self
 
-    def _acquire(self) -> int:
-        """The locked descriptor of the file now at self.path (retried if a releasing holder
-        removed the file between our open and our flock)."""
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise ConfigError(f"--workdir={self.workdir}: cannot write its lock file "
-                                  f"({e.strerror})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = self._describe_holder(fd)
-                os.close(fd)
-                raise ConfigError(f"--workdir={self.workdir} is in use by another training run "
-                                  f"({holder}); wait for it to end or use another --workdir") from None
-            try:
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    return fd
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-
-    @staticmethod
-    def _describe_holder(fd: int) -> str:
-        try:
-            info = json.loads(os.pread(fd, 1 << 16, 0).decode() or "{}")
-            command = str(info["command"]).replace("\n", "\\n")  # the message stays one line
-            return f"pid {info['pid']} on {info['host']}, started {info['started']}, command: {command}"
-        except (ValueError, KeyError, TypeError):
-            return "holder still starting"
-
     def __exit__(self, *exc) -> None:
-        try:
-            os.unlink(self.path)  # while still locked: an opener of this file retries on a new one
-        except FileNotFoundError:
-            pass
-        os.close(self._fd)
-        self._fd = None
+        self._held.close()
         self._remove_created_folder()
 
     def _remove_created_folder(self) -> None:
