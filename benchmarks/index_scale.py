@@ -11,9 +11,9 @@ and noise have a power-law spectrum (variance of axis i ~ i^-`--decay` in a rand
 basis; decay 1 -> ~28 effective dimensions of 512), as trained embeddings concentrate their
 variance in few directions; isotropic 512-d noise makes the exact top 10 near-ties no
 approximate index finds. With noise 1.2 the exact class Recall@1 falls as the gallery grows and
-classes crowd each other (measured: 0.63 at 100k items, 0.47 at 1M), below a trained model's ~0.8
-on Stanford Online Products' 60k test images. `--queries` items are drawn out of the gallery
-(seeded), so every query has class-mates in it.
+classes crowd each other (measured: 0.77 at 5.8k items, 0.63 at 100k, 0.47 at 1M): near a trained
+model's ~0.8 on Stanford Online Products only at a few thousand items. `--queries` items are drawn
+out of the gallery (seeded), so every query has class-mates in it.
 
 `--from_index DIR` measures real embeddings instead: the vectors of a `Flat` index that
 `python -m diva_tf.index build --labels_from_folders` wrote (labels from items.json).
@@ -155,10 +155,12 @@ def latency_ms(index, queries: np.ndarray, batch: int, budget_s: float, min_call
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(times)
 
 
-def build(index_type: str, gallery: np.ndarray, train_size: int, seed: int):
+def build(index_type: str, gallery: np.ndarray, train_size: int, seed: int, params: dict):
+    """(index, the `params` its type has, set before adding: efConstruction, k_factor_rf...)."""
     index = retrieval.new_index(index_type, gallery.shape[1])
+    fixed = {k: v for k, v in params.items() if settable(index, k, v)}
     retrieval.train(index, gallery, index_type, train_size, seed)
-    return retrieval.add_vectors(index, gallery, np.arange(len(gallery), dtype=np.int64))
+    return retrieval.add_vectors(index, gallery, np.arange(len(gallery), dtype=np.int64)), fixed
 
 
 LOAD = """
@@ -198,7 +200,7 @@ def run_type(index_type: str, knob: str, values: list[int], data: dict, args,
     gallery, queries, exact = data["gallery"], data["queries"], data["exact"]
     faiss.omp_set_num_threads(args.threads)
     start = time.perf_counter()
-    index = build(index_type, gallery, args.train_size, args.seed)
+    index, fixed = build(index_type, gallery, args.train_size, args.seed, args.params)
     build_s = time.perf_counter() - start
     disk, ram, mapped = sizes_mb(index, folder)
     rows = []
@@ -210,7 +212,7 @@ def run_type(index_type: str, knob: str, values: list[int], data: dict, args,
         row = {"data": data["name"], "n": len(gallery), "index": index_type, "knob": knob,
                "value": value if knob else None, "build_s": build_s,
                "build_threads": args.threads, "disk_mb": disk, "ram_mb": ram, "mmap_mb": mapped,
-               "recall@1": at1, "recall@10": at10}
+               "recall@1": at1, "recall@10": at10, "params": fixed}
         for threads in (1, 2):
             faiss.omp_set_num_threads(threads)
             for batch, name in ((1, "single"), (BATCH, "batch64")):
@@ -225,17 +227,32 @@ def run_type(index_type: str, knob: str, values: list[int], data: dict, args,
     return rows
 
 
-def chosen_types(n: int, dim: int, types: str, values: list[int]):
-    """index_types(n), or the ';'-separated `types` (any factory string: its knob searched at
-    `values` or its default); `values` replace the knob values of every type that has one."""
+def settable(index, name: str, value: int) -> bool:
+    """Whether faiss's ParameterSpace knows `name` for `index` (e.g. k_factor_rf: RFlat only)."""
+    import faiss
+
+    try:
+        faiss.ParameterSpace().set_index_parameter(index, name, value)
+        return True
+    except RuntimeError:
+        return False
+
+
+def chosen_types(n: int, dim: int, types: str, values: list[int], knob_name: str = ""):
+    """index_types(n), or the ';'-separated `types` (any factory string: its knob, `knob_name`
+    if it has that one, searched at
+    the values of the preset with the same knob); `values` replace the knob values of every
+    type that has one."""
     known = {t[0]: t for t in index_types(n)}
+    by_knob = {knob: searched for _, knob, searched in known.values()}
     chosen = []
     for name in types.split(";") if types else known:
         if name in known:
             _, knob, searched = known[name]
         else:
-            knob = next(iter(retrieval.search_params(retrieval.new_index(name, dim), name)), "")
-            searched = [retrieval.KNOBS[knob][0]] if knob else [0]
+            knobs = retrieval.search_params(retrieval.new_index(name, dim), name)
+            knob = knob_name if knob_name in knobs else next(iter(knobs), "")
+            searched = by_knob.get(knob, [0])
         chosen.append((name, knob, values if values and knob else searched))
     return chosen
 
@@ -244,7 +261,7 @@ def order(row: dict) -> tuple:
     names = [t[0] for t in index_types(row["n"])]
     return (row["data"] != "synthetic", row["data"], row["n"],
             names.index(row["index"]) if row["index"] in names else len(names), row["index"],
-            row["value"] or 0)
+            sorted(row.get("params", {}).items()), row["value"] or 0)
 
 
 def table(rows: list[dict]) -> str:
@@ -257,7 +274,8 @@ def table(rows: list[dict]) -> str:
         lat = [f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}"
                for k in ("single_t1", "single_t2", "batch64_t1", "batch64_t2")]
         speed = flat.get((r["data"], r["n"]), float("nan")) / r["single_t1"]["p50_ms"]
-        knob = f"{r['knob']}={r['value']}" if r["knob"] else "-"
+        shown = ({r["knob"]: r["value"]} if r["knob"] else {}) | r.get("params", {})
+        knob = ", ".join(f"{k}={v}" for k, v in shown.items()) or "-"
         threads = r.get("build_threads", 1)
         build_s = f"{r['build_s']:.1f}" + (f" ({threads} thr)" if threads != 1 else "")
         load = f"{r['load']:.1f}" if "load" in r else "-"
@@ -272,7 +290,7 @@ def hardness_table(stats: list[dict]) -> str:
     lines = ["| data | items | queries | exact class R@1 | median gap 10th-11th | in SDs |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {s['data']} | {s['n']:,} | {s['queries']} | {s['class_recall@1']:.3f} | "
-              f"{s['top10_gap']:.4f} | {s['top10_gap_sd']:.3f} |" for s in stats]
+              f"{s['top10_gap']:.2g} | {s['top10_gap_sd']:.2g} |" for s in stats]
     return "\n".join(lines) + "\n"
 
 
@@ -310,10 +328,15 @@ def main() -> None:
     parser.add_argument("--max_calls", type=int, default=200)
     parser.add_argument("--types", default="", help="only these, ';'-separated: Flat;HNSW32")
     parser.add_argument("--values", default="", help="knob values instead of the defaults: 256,512")
+    parser.add_argument("--knob", default="", help="the knob --values sweeps for types with "
+                        "several: k_factor_rf")
+    parser.add_argument("--params", default="", help="fixed faiss search parameters of the "
+                        "types that have them: k_factor_rf=4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "index_scale"))
     args = parser.parse_args()
     values = [int(v) for v in args.values.split(",") if v]
+    args.params = {k: int(v) for k, v in (p.split("=") for p in args.params.split(",") if p)}
     os.makedirs(args.out, exist_ok=True)
     json_path, data_path = (os.path.join(args.out, f) for f in ("index_scale.json", "data.json"))
     rows, stats = load_json(json_path), load_json(data_path)
@@ -321,7 +344,7 @@ def main() -> None:
         start = time.perf_counter()
         scores, ids = exact_neighbours(gallery, queries)
         hard = hardness(name, gallery, queries, labels, query_labels, scores, ids, args.seed)
-        print(f"{name} n={len(gallery)}: data + exact top-{K + 1} in "
+        print(f"{name} n={len(gallery)}: exact top-{K + 1} in "
               f"{time.perf_counter() - start:.1f} s; {json.dumps(hard)}", flush=True)
         stats = [s for s in stats if (s["data"], s["n"]) != (name, len(gallery))] + [hard]
         stats.sort(key=lambda s: (s["data"] != "synthetic", s["data"], s["n"]))
@@ -330,10 +353,10 @@ def main() -> None:
         data = {"name": name, "gallery": gallery, "queries": queries, "exact": ids[:, :K]}
         with tempfile.TemporaryDirectory() as folder:
             for index_type, knob, searched in chosen_types(len(gallery), gallery.shape[1],
-                                                           args.types, values):
+                                                           args.types, values, args.knob):
                 new = run_type(index_type, knob, searched, data, args, folder)
-                rows = [r for r in rows if (r["data"], r["n"], r["index"]) !=
-                        (name, len(gallery), index_type)] + new
+                rows = [r for r in rows if (r["data"], r["n"], r["index"], r.get("params", {}))
+                        != (name, len(gallery), index_type, new[0]["params"])] + new
                 rows.sort(key=order)
                 with open(json_path, "w") as f:
                     json.dump(rows, f, indent=1)
