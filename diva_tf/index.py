@@ -1,6 +1,6 @@
 """`python -m diva_tf.index build --export_dir export/models/diva[/N] --images DIR
 [--labels_from_folders] [--index_type Flat|HNSW32|IVF1024,Flat|IVF4096,PQ64|...]
-[--nprobe N] [--ef_search N] --out INDEX_DIR`,
+[--nprobe N] [--ef_search N] [--k_factor N] --out INDEX_DIR`,
 `python -m diva_tf.index add --index INDEX_DIR --export_dir ... --images DIR`,
 `python -m diva_tf.index remove --index INDEX_DIR --ids 3,17` and
 `python -m diva_tf.index search --index INDEX_DIR --export_dir export/models/diva[/N] [--k 5]
@@ -40,6 +40,8 @@ def _define_flags() -> None:
                          "build, search: IVF lists searched per query (default: the manifest's).")
     flags.DEFINE_integer("ef_search", None,
                          "build, search: HNSW efSearch (default: the manifest's).")
+    flags.DEFINE_integer("k_factor", None, "build, search: candidates re-ranked per hit, for "
+                         "re-ranking (...,RFlat) types (default: the manifest's).")
     flags.DEFINE_integer("train_size", DEFAULT_TRAIN_SIZE,
                          "build: gallery vectors a trained index type trains on.")
     flags.DEFINE_integer("sample_seed", DEFAULT_SEED,
@@ -74,7 +76,7 @@ def parse_ids(values: list[str]) -> list[int]:
 def run(command: str | None, args: list[str], f) -> int:
     from absl import app
 
-    knobs = {"nprobe": f.nprobe, "ef_search": f.ef_search}
+    knobs = {"nprobe": f.nprobe, "ef_search": f.ef_search, "k_factor": f.k_factor}
     if command == "build":
         if args or not f.images or not f.out:
             raise app.UsageError("build needs --images and --out, and no positional arguments")
@@ -104,7 +106,7 @@ def main(argv) -> int:
 
     f = flags.FLAGS
     command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
-    for name in ("k", "eval_batch_size", "train_size", "nprobe", "ef_search"):
+    for name in ("k", "eval_batch_size", "train_size", "nprobe", "ef_search", "k_factor"):
         if f[name].value is not None and f[name].value < 1:
             raise ConfigError(f"--{name}={f[name].value}: must be at least 1")
     return run(command, args, f)

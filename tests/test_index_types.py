@@ -15,12 +15,16 @@ from diva_tf.serving import index as idx
 
 DIM = 512
 K = 10
+RERANKED = "IVF4096,PQ128x4fs,RFlat"
 # Recall@10 against the exact top 10 that each preset must reach on the clustered test vectors
 # with its default knobs (the trained compressed type loses precision by design).
-RECALL_FLOOR = {"Flat": 1.0, "HNSW32": 0.95, "IVF1024,Flat": 0.9, "IVF4096,PQ64": 0.5}
+RECALL_FLOOR = {"Flat": 1.0, "HNSW32": 0.95, "IVF1024,Flat": 0.9, "IVF4096,PQ64": 0.5,
+                RERANKED: 0.9}
 # faiss's product quantizer trains slowly here (~30 s for 5,000 vectors on one busy core)
-TYPES = [("Flat", 2000), ("HNSW32", 2000), ("IVF1024,Flat", 5000),
+TYPES = [("Flat", 2000), ("HNSW32", 2000), ("IVF1024,Flat", 5000), (RERANKED, 5000),
          pytest.param("IVF4096,PQ64", 5000, marks=pytest.mark.slow)]
+EXACT_SCORES = ("Flat", "HNSW32", "IVF1024,Flat", RERANKED)  # uncompressed or re-ranked
+KNOBS_OF = {"Flat": set(), "HNSW32": {"efSearch"}, RERANKED: {"nprobe", "k_factor_rf"}}
 TRAIN_SIZE = 4096  # the fewest vectors IVF4096 trains on
 
 
@@ -88,8 +92,8 @@ def test_preset_recall_against_brute_force(index_type, n, data):
     scores, found = index.search(queries, K)
     exact_scores, exact = brute_force(gallery, ids, queries)
     assert recall_at(found, exact) >= RECALL_FLOOR[index_type]
-    assert set(params) == {"Flat": set(), "HNSW32": {"efSearch"}}.get(index_type, {"nprobe"})
-    if index_type in ("Flat", "HNSW32", "IVF1024,Flat"):  # uncompressed: exact scores of the hits
+    assert set(params) == KNOBS_OF.get(index_type, {"nprobe"})
+    if index_type in EXACT_SCORES:
         np.testing.assert_allclose(scores, np.sum(gallery[found] * queries[:, None], -1),
                                    atol=1e-5)
     if index_type == "Flat":
@@ -140,7 +144,7 @@ def write(out: str, index, ids, index_type: str = "Flat", params: dict | None = 
     return out
 
 
-@pytest.mark.parametrize("index_type,n", TYPES[:3])  # the PQ preset: in the benchmark
+@pytest.mark.parametrize("index_type,n", TYPES[:4])  # the PQ preset: in the benchmark
 def test_read_is_memory_mapped_and_searches_as_built(index_type, n, data, tmp_path):
     gallery, queries = data[:n], data[5000:5100]
     ids = np.arange(n, dtype=np.int64)
@@ -169,6 +173,13 @@ def test_knobs_come_from_the_manifest_unless_given(data, tmp_path):
     out = write(str(tmp_path / "hnsw"), hnsw, ids[:500], "HNSW32", params)
     read = idx.RetrievalIndex.read(out, ef_search=99).index
     assert faiss.downcast_index(read.index).hnsw.efSearch == 99
+    reranked, params = build(RERANKED, gallery, ids, nprobe=64, k_factor=8)
+    assert params == {"nprobe": 64, "k_factor_rf": 8}
+    out = write(str(tmp_path / "rflat"), reranked, ids, RERANKED, params)
+    for given, want in (({}, 8), ({"k_factor": 3}, 3)):
+        read = idx.RetrievalIndex.read(out, **given).index
+        assert faiss.downcast_index(read.index).k_factor == want
+        assert faiss.extract_index_ivf(read).nprobe == 64
 
 
 @pytest.mark.parametrize("index_type,knobs,message", [
@@ -179,6 +190,9 @@ def test_knobs_come_from_the_manifest_unless_given(data, tmp_path):
     ("Flat", {"ef_search": 4}, r"^--ef_search applies to HNSW indexes only, not --index_type Flat$"),
     ("IVF16,Flat", {"nprobe": 17}, r"^--nprobe=17: the index has only 16 inverted lists$"),
     ("IVF16,Flat", {"nprobe": 0}, r"^--nprobe=0: must be an integer >= 1$"),
+    ("IVF16,Flat", {"k_factor": 4}, r"^--k_factor applies to RFlat indexes only, not "
+                                    r"--index_type IVF16,Flat$"),
+    ("IVF16,PQ64x4fs,RFlat", {"k_factor": 0}, r"^--k_factor=0: must be an integer >= 1$"),
 ])
 def test_bad_settings_are_one_line(index_type, knobs, message):
     with pytest.raises(idx.IndexDataError, match=message) as error:

@@ -1,7 +1,8 @@
 """Image retrieval over a diva_tf export: a faiss inner-product index of its unit-norm embeddings.
 
 `python -m diva_tf.index build --export_dir export/models/diva[/N] --images DIR
-[--labels_from_folders] [--index_type FACTORY] [--nprobe N] [--ef_search N] --out INDEX_DIR`
+[--labels_from_folders] [--index_type FACTORY] [--nprobe N] [--ef_search N] [--k_factor N]
+--out INDEX_DIR`
 `python -m diva_tf.index add --index INDEX_DIR --export_dir ... --images DIR`
 `python -m diva_tf.index remove --index INDEX_DIR --ids 3,17`
 `python -m diva_tf.index search --index INDEX_DIR --export_dir export/models/diva[/N] [--k 5]
@@ -29,7 +30,8 @@ The faiss index is `--index_type`, an `index_factory` string (`PRESETS` lists th
 `Flat` (default) is the exact `IndexFlatIP`, faiss label = position = item id, as indexes built
 before index types existed. Other types keep stable item ids (their own for IVF, an `IndexIDMap2`
 around the others), so `remove` never renumbers. Trained types (IVF, PQ, OPQ) train on a seeded
-sample of the gallery. Search-time knobs (`nprobe` for IVF, `efSearch` for HNSW) are stored in the
+sample of the gallery. Search-time knobs (`nprobe` for IVF, `efSearch` for HNSW, `k_factor_rf` for
+re-ranking types: k x k_factor candidates re-ranked with the full vectors) are stored in the
 manifest and applied by `RetrievalIndex.read`. `read` maps the index file into memory
 (`IO_FLAG_MMAP_IFC`): vectors, codes and inverted lists are paged in as searches touch them; an
 HNSW graph is still read whole.
@@ -69,12 +71,15 @@ PRESETS = {
     "HNSW32": "approximate graph; 100k to a few million items when memory holds the vectors",
     "IVF1024,Flat": "inverted lists of full vectors; 100k to 1M items, cheaper to grow than HNSW",
     "IVF4096,PQ64": "compressed (72 B per item); 1M+ items in little memory, lower recall",
+    "IVF4096,PQ128x4fs,RFlat": "4-bit codes scanned fast, the best candidates re-ranked with "
+                               "the full vectors; 1M items at high recall",
 }
 DEFAULT_TRAIN_SIZE = 100_000
 HNSW_LEVEL_SEED = 12345  # faiss's HNSW constructor seeds its node-level generator with it
 DEFAULT_SEED = 0
 # Search-time knobs: (manifest key, default, what it needs).
-KNOBS = {"nprobe": (16, "IVF"), "efSearch": (64, "HNSW")}
+KNOBS = {"nprobe": (16, "IVF"), "efSearch": (64, "HNSW"), "k_factor_rf": (64, "RFlat")}
+FLAGS = {"nprobe": "--nprobe", "efSearch": "--ef_search", "k_factor_rf": "--k_factor"}
 
 
 class IndexMismatchError(DivaError, RuntimeError):
@@ -301,20 +306,20 @@ def new_index(index_type: str, dim: int):
         raise IndexDataError(f"--index_type {index_type!r}: not a faiss index_factory string for "
                              f"{dim}-d vectors ({faiss_reason(e)}); presets: "
                              f"{', '.join(PRESETS)}") from None
-    if ivf_of(index) is None and not isinstance(index, faiss.IndexIDMap):
+    if ivf_of(index) is None or isinstance(index, faiss.IndexRefine):  # no add_with_ids
         index = faiss.IndexIDMap2(index)
     return index
 
 
 def search_params(index, index_type: str, nprobe: int | None = None,
-                  ef_search: int | None = None, stored: dict | None = None) -> dict:
+                  ef_search: int | None = None, stored: dict | None = None,
+                  k_factor: int | None = None) -> dict:
     """The knobs `index` searches with: `stored` (a manifest's), overridden by the arguments,
     defaults (KNOBS) for the knobs its type has. IndexDataError for a knob the type lacks or a
     value out of range."""
     import faiss
 
-    given = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
-    flag = {"nprobe": "--nprobe", "efSearch": "--ef_search"}
+    given = {k: v for k, v in zip(KNOBS, (nprobe, ef_search, k_factor)) if v is not None}
     params = {}
     for name, (default, kind) in KNOBS.items():
         value = given.get(name, (stored or {}).get(name))
@@ -322,12 +327,12 @@ def search_params(index, index_type: str, nprobe: int | None = None,
             faiss.ParameterSpace().set_index_parameter(index, name, default)
         except RuntimeError:
             if name in given:
-                raise IndexDataError(f"{flag[name]} applies to {kind} indexes only, not "
+                raise IndexDataError(f"{FLAGS[name]} applies to {kind} indexes only, not "
                                      f"--index_type {index_type}") from None
             continue
         params[name] = default if value is None else value
         if isinstance(params[name], bool) or not isinstance(params[name], int) or params[name] < 1:
-            raise IndexDataError(f"{flag[name]}={params[name]}: must be an integer >= 1")
+            raise IndexDataError(f"{FLAGS[name]}={params[name]}: must be an integer >= 1")
     ivf = ivf_of(index)
     if ivf is not None and params["nprobe"] > ivf.nlist:
         if "nprobe" in given:
@@ -424,7 +429,7 @@ class RetrievalIndex:
 
     @classmethod
     def read(cls, index_dir: str, nprobe: int | None = None, ef_search: int | None = None,
-             mmap: bool = True) -> "RetrievalIndex":
+             mmap: bool = True, k_factor: int | None = None) -> "RetrievalIndex":
         """Load without checking the model (see `open_index`), memory-mapped and read-only
         unless `mmap` is False (faiss aborts the process on adding to a mapped index: `add` and
         `remove` read with mmap=False); search knobs from the manifest unless given.
@@ -453,7 +458,7 @@ class RetrievalIndex:
                                  "files do not belong together; rebuild the index")
         index_type = manifest.get("index_type", DEFAULT_INDEX_TYPE)
         apply_search_params(index, search_params(index, index_type, nprobe, ef_search,
-                                                 manifest.get("search")))
+                                                 manifest.get("search"), k_factor))
         return cls(index, items, manifest, index_dir)
 
     @functools.cached_property
@@ -556,17 +561,18 @@ def embed_gallery(export, images_dir: str, labels_from_folders: bool, batch_size
 def build_index(saved_model: str, images_dir: str, out_dir: str, labels_from_folders: bool = False,
                 batch_size: int = 64, index_type: str = DEFAULT_INDEX_TYPE,
                 nprobe: int | None = None, ef_search: int | None = None,
-                train_size: int = DEFAULT_TRAIN_SIZE, seed: int = DEFAULT_SEED) -> RetrievalIndex:
+                train_size: int = DEFAULT_TRAIN_SIZE, seed: int = DEFAULT_SEED,
+                k_factor: int | None = None) -> RetrievalIndex:
     """Embed every image under images_dir and write index.faiss, items.json and manifest.json.
     `index_type` is a faiss index_factory string (see PRESETS); trained types train on
     `train_size` gallery vectors drawn with `seed`. One writer at a time per `out_dir`."""
     with single_writer(out_dir, "index"):
         return _build_index(saved_model, images_dir, out_dir, labels_from_folders, batch_size,
-                            index_type, nprobe, ef_search, train_size, seed)
+                            index_type, nprobe, ef_search, train_size, seed, k_factor)
 
 
 def _build_index(saved_model, images_dir, out_dir, labels_from_folders, batch_size, index_type,
-                 nprobe, ef_search, train_size, seed) -> RetrievalIndex:
+                 nprobe, ef_search, train_size, seed, k_factor) -> RetrievalIndex:
     from absl import logging
 
     from diva_tf.serving.export import load_export
@@ -576,7 +582,8 @@ def _build_index(saved_model, images_dir, out_dir, labels_from_folders, batch_si
         raise IndexDataError(f"--train_size={train_size}: must be at least 1")
     export = load_export(saved_model)
     index = new_index(index_type, export.manifest["embedding_dim"])
-    params = search_params(index, index_type, nprobe, ef_search)  # refuse before embedding
+    # refuse a knob the type lacks before embedding
+    params = search_params(index, index_type, nprobe, ef_search, k_factor=k_factor)
     embeddings, items, skipped = embed_gallery(export, images_dir, labels_from_folders, batch_size)
     trained = train(index, embeddings, index_type, train_size, seed)
     index = add_vectors(index, embeddings, np.array([i["id"] for i in items], np.int64))
@@ -655,13 +662,14 @@ def _remove_items(index_dir, ids):
 
 
 def search_images(index_dir: str, saved_model: str, images: list[str], k: int = 5,
-                  nprobe: int | None = None, ef_search: int | None = None) -> list[SearchResult]:
+                  nprobe: int | None = None, ef_search: int | None = None,
+                  k_factor: int | None = None) -> list[SearchResult]:
     """Embed query image files with the SavedModel the index was built with, and search (knobs:
     the manifest's unless given). One SearchResult per query, in order: its hits, or why the file
     could not be read or decoded."""
     from diva_tf.serving.export import load_export
 
-    index = RetrievalIndex.read(index_dir, nprobe, ef_search)
+    index = RetrievalIndex.read(index_dir, nprobe, ef_search, k_factor=k_factor)
     export = load_export(saved_model)
     check_identity(index.manifest["model"], model_identity(export), index_dir)
     embeddings, kept, failed = embed_files(export, images)
