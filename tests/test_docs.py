@@ -182,6 +182,7 @@ def test_slow_block_runs(block, seed_workspace, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # install, data, the quickstart and every later section: ~15 min
 @pytest.mark.parametrize("path", FRESH)
 def test_document_runs_in_a_fresh_clone(path, tmp_path):
     """As a new user: clone the repository, run the fresh-clone block verbatim with the machine's
