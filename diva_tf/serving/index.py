@@ -77,9 +77,9 @@ PRESETS = {
 DEFAULT_TRAIN_SIZE = 100_000
 HNSW_LEVEL_SEED = 12345  # faiss's HNSW constructor seeds its node-level generator with it
 DEFAULT_SEED = 0
-# Search-time knobs: (manifest key, default, what it needs).
-KNOBS = {"nprobe": (16, "IVF"), "efSearch": (64, "HNSW"), "k_factor_rf": (64, "RFlat")}
-FLAGS = {"nprobe": "--nprobe", "efSearch": "--ef_search", "k_factor_rf": "--k_factor"}
+# Search-time knobs: manifest key -> (default, index kind it needs, flag).
+KNOBS = {"nprobe": (16, "IVF", "--nprobe"), "efSearch": (64, "HNSW", "--ef_search"),
+         "k_factor_rf": (64, "RFlat", "--k_factor")}
 
 
 class IndexMismatchError(DivaError, RuntimeError):
@@ -319,20 +319,21 @@ def search_params(index, index_type: str, nprobe: int | None = None,
     value out of range."""
     import faiss
 
-    given = {k: v for k, v in zip(KNOBS, (nprobe, ef_search, k_factor)) if v is not None}
+    given = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search),
+                               ("k_factor_rf", k_factor)) if v is not None}
     params = {}
-    for name, (default, kind) in KNOBS.items():
+    for name, (default, kind, flag) in KNOBS.items():
         value = given.get(name, (stored or {}).get(name))
         try:
             faiss.ParameterSpace().set_index_parameter(index, name, default)
         except RuntimeError:
             if name in given:
-                raise IndexDataError(f"{FLAGS[name]} applies to {kind} indexes only, not "
+                raise IndexDataError(f"{flag} applies to {kind} indexes only, not "
                                      f"--index_type {index_type}") from None
             continue
         params[name] = default if value is None else value
         if isinstance(params[name], bool) or not isinstance(params[name], int) or params[name] < 1:
-            raise IndexDataError(f"{FLAGS[name]}={params[name]}: must be an integer >= 1")
+            raise IndexDataError(f"{flag}={params[name]}: must be an integer >= 1")
     ivf = ivf_of(index)
     if ivf is not None and params["nprobe"] > ivf.nlist:
         if "nprobe" in given:

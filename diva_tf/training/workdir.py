@@ -9,8 +9,8 @@ import os
 from typing import TYPE_CHECKING
 
 from diva_tf.core.atomic import atomic_path
-from diva_tf.core.locks import exclusive_lock
 from diva_tf.core.errors import ConfigError
+from diva_tf.core.locks import exclusive_lock
 
 if TYPE_CHECKING:
     import keras
@@ -51,12 +51,11 @@ class WorkdirLock:
             raise ConfigError(f"--workdir={self.workdir}: cannot create the folder ({e.strerror})") from None
         try:
             self._held.enter_context(exclusive_lock(self.path, self._refuse))
-        except OSError as e:
+        except BaseException as e:
             self._remove_created_folder()
-            raise ConfigError(f"--workdir={self.workdir}: cannot write its lock file "
-                              f"({e.strerror})") from None
-        except BaseException:
-            self._remove_created_folder()
+            if isinstance(e, OSError):
+                raise ConfigError(f"--workdir={self.workdir}: cannot write its lock file "
+                                  f"({e.strerror})") from None
             raise
         return self
 
