@@ -54,10 +54,10 @@ def _define_flags() -> None:
         define_renamed(old, new)
 
 
-def run_search(index_dir: str, saved_model: str, images: list[str], k: int, **knobs) -> int:
+def run_search(index_dir: str, export_dir: str, images: list[str], k: int, **knobs) -> int:
     """Print the hits of each query and one error line per query that failed; exit code."""
     status = 0
-    for result in search_images(index_dir, saved_model, images, k, **knobs):
+    for result in search_images(index_dir, export_dir, images, k, **knobs):
         if result.ok:
             print(format_hits(result.query, result.hits), flush=True)
         else:
@@ -81,7 +81,7 @@ def run(command: str | None, args: list[str], f) -> int:
         if args or not f.images or not f.out:
             raise app.UsageError("build needs --images and --out, and no positional arguments")
         build_index(f.export_dir, f.images, f.out, f.labels_from_folders, f.eval_batch_size,
-                    f.index_type, train_size=f.train_size, seed=f.sample_seed, **knobs)
+                    f.index_type, train_size=f.train_size, sample_seed=f.sample_seed, **knobs)
     elif command == "add":
         if args or not f.images or not f.index:
             raise app.UsageError("add needs --index and --images, and no positional arguments")

@@ -119,6 +119,44 @@ def test_a_renamed_flag_still_works_and_says_its_new_name():
         renamed_warnings(fv)
 
 
+def test_a_renamed_keyword_still_works_with_a_deprecation_warning():
+    from diva_tf.core.renamed import renamed_keywords
+
+    @renamed_keywords(saved_model="export_dir")
+    def load(export_dir, k=1):
+        return export_dir, k
+
+    assert load("new", k=2) == load(export_dir="new", k=2) == ("new", 2)
+    with pytest.warns(DeprecationWarning, match=r"load\(saved_model=...\) is renamed export_dir="):
+        assert load(saved_model="old", k=3) == ("old", 3)
+    with pytest.raises(TypeError, match="saved_model is the old name of export_dir"):
+        load(saved_model="a", export_dir="b")
+
+
+@pytest.mark.parametrize("name, renamed", [
+    ("load_export", {"saved_model": "export_dir"}),
+    ("evaluate_export", {"saved_model": "export_dir", "seed": "kmeans_seed"}),
+    ("evaluate_run", {"seed": "kmeans_seed"}),
+    ("build_index", {"saved_model": "export_dir", "seed": "sample_seed"}),
+    ("add_images", {"saved_model": "export_dir"}),
+    ("search_images", {"saved_model": "export_dir"}),
+])
+def test_the_python_api_uses_the_flag_names_and_accepts_the_old_ones(name, renamed):
+    """Each old keyword maps to a parameter the function has (evaluate_run/evaluate_export hand
+    kmeans_seed on to `run`), and the old name is no parameter any more."""
+    import inspect
+
+    import diva_tf
+    from diva_tf.runs.evaluate import run
+
+    fn = getattr(diva_tf, name)
+    params = set(inspect.signature(fn).parameters) | set(inspect.signature(run).parameters)
+    for old, new in renamed.items():
+        assert new in params and old not in params
+        with pytest.raises(TypeError, match=f"{old} is the old name of {new}"):
+            fn(**{old: 1, new: 1})
+
+
 @pytest.mark.parametrize("module, old, new", [
     ("diva_tf.evaluate", "--seed=3", "--kmeans_seed"),
     ("diva_tf.evaluate", "--batch_size=8", "--eval_batch_size"),

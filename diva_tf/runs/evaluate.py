@@ -24,6 +24,7 @@ import os
 from typing import Callable
 
 from diva_tf.config import HEAD_NAMES, Config, ConfigError
+from diva_tf.core.renamed import renamed_keywords
 from diva_tf.evaluation import (FAISS_DEFAULT_SEED, combination_name, default_recall_k,
                                 embed_dataset, evaluate_embeddings, format_table,
                                 named_embeddings, save_retrievals, write_json)
@@ -97,7 +98,7 @@ def saved_model_target(path: str, dataset: str | None = None) -> Target:
 
 
 def run(target: Target, combinations=None, recall_k=None, n_clusters: int | None = None,
-        seed: int = FAISS_DEFAULT_SEED, output_json: str | None = None,
+        kmeans_seed: int = FAISS_DEFAULT_SEED, output_json: str | None = None,
         save_retrievals_n: int = 0, retrievals_png: str | None = None, retrievals_k: int = 4,
         verbose: bool = True, classes: str = "test") -> dict:
     """Embed the test split of target.cfg (classes="test") or every class of its dataset
@@ -118,43 +119,45 @@ def run(target: Target, combinations=None, recall_k=None, n_clusters: int | None
     batches = data.eval_dataset(split, cfg, cfg.eval_batch_size)
     embs, labels = embed_dataset(target.embed_fn, batches, verbose)
     results = evaluate_embeddings(embs, labels, heads, combinations, recall_k, n_clusters,
-                                  cfg.dataset, seed)
+                                  cfg.dataset, kmeans_seed)
     print(format_table(results))
     if output_json:
         write_json(output_json, results, {
             **target.source, "dataset": cfg.dataset, "split": classes, "n_images": len(labels),
             "heads": heads, "combinations": [list(c) for c in combinations],
-            "recall_k": recall_k, "n_clusters": n_clusters, "seed": seed,
+            "recall_k": recall_k, "n_clusters": n_clusters, "kmeans_seed": kmeans_seed,
             "max_images": cfg.max_images})
     if save_retrievals_n > 0:
         primary = combination_name(heads, combinations[0]) if combinations else heads[0]
         emb = named_embeddings(embs, heads, combinations)[primary]
         path = retrievals_png or os.path.join(os.path.dirname(output_json or "") or ".",
                                               "retrievals.png")
-        save_retrievals(path, emb, labels, split.images, save_retrievals_n, retrievals_k, seed,
-                        class_names=split.class_names)
+        save_retrievals(path, emb, labels, split.images, save_retrievals_n, retrievals_k,
+                        kmeans_seed, class_names=split.class_names)
         print(f"retrievals of {primary}: {path}")
     return results
 
 
 
 
+@renamed_keywords(seed="kmeans_seed")
 def evaluate_run(workdir: str, checkpoint: str = "best", *, data_dir: str | None = None,
                  classes: str = "test", **kwargs) -> dict:
     """{name: metrics} of a training run's weights (`checkpoint`: best or last) on its dataset
     (`data_dir` replaces the run's); `kwargs` are `run`'s (combinations, recall_k, n_clusters,
-    seed, output_json, save_retrievals_n, verbose...)."""
+    kmeans_seed, output_json, save_retrievals_n, verbose...)."""
     target = workdir_target(workdir, checkpoint)
     if data_dir is not None:
         target.cfg = target.cfg.replace(data_dir=data_dir)
     return run(target, classes=classes, **kwargs)
 
 
-def evaluate_export(saved_model: str, dataset: str | None = None, *,
+@renamed_keywords(saved_model="export_dir", seed="kmeans_seed")
+def evaluate_export(export_dir: str, dataset: str | None = None, *,
                     data_dir: str | None = None, classes: str = "test", **kwargs) -> dict:
     """{name: metrics} of an exported SavedModel (version folder or base path) on `dataset` (default:
     the one the export records) in `data_dir`; `kwargs` are `run`'s."""
-    target = saved_model_target(saved_model, dataset)
+    target = saved_model_target(export_dir, dataset)
     if data_dir is not None:
         target.cfg = target.cfg.replace(data_dir=data_dir)
     return run(target, classes=classes, **kwargs)

@@ -43,6 +43,7 @@ import tensorflow as tf
 # clean_stale, owned_tempdir and swap_in are also serving/index.py's (imported from here).
 from diva_tf.core.atomic import atomic_folder, clean_stale, owned_tempdir, swap_in  # noqa: F401
 from diva_tf.core.errors import DivaError
+from diva_tf.core.renamed import renamed_keywords
 
 MANIFEST_FILE = "diva_manifest.json"
 BYTES_SIGNATURE = "serving_default"
@@ -289,8 +290,9 @@ class LoadedExport:
         return self.signature()(**{BYTES_INPUT: tf.constant(encoded, tf.string)})[output].numpy()
 
 
-def load_export(saved_model: str) -> LoadedExport:
+@renamed_keywords(saved_model="export_dir")
+def load_export(export_dir: str) -> LoadedExport:
     """A version folder or a base path (-> highest version), loaded with TensorFlow alone."""
-    version_dir, version = resolve_saved_model(saved_model)
+    version_dir, version = resolve_saved_model(export_dir)
     return LoadedExport(tf.saved_model.load(version_dir), version_dir, version,
                         read_manifest(version_dir))

@@ -55,6 +55,7 @@ import numpy as np
 
 from diva_tf.core.atomic import single_writer
 from diva_tf.core.errors import DivaError
+from diva_tf.core.renamed import renamed_keywords
 
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.json"
@@ -559,20 +560,21 @@ def embed_gallery(export, images_dir: str, labels_from_folders: bool, batch_size
     return embeddings, items, len(failed)
 
 
-def build_index(saved_model: str, images_dir: str, out_dir: str, labels_from_folders: bool = False,
+@renamed_keywords(saved_model="export_dir", seed="sample_seed")
+def build_index(export_dir: str, images_dir: str, out_dir: str, labels_from_folders: bool = False,
                 batch_size: int = 64, index_type: str = DEFAULT_INDEX_TYPE,
                 nprobe: int | None = None, ef_search: int | None = None,
-                train_size: int = DEFAULT_TRAIN_SIZE, seed: int = DEFAULT_SEED,
+                train_size: int = DEFAULT_TRAIN_SIZE, sample_seed: int = DEFAULT_SEED,
                 k_factor: int | None = None) -> RetrievalIndex:
     """Embed every image under images_dir and write index.faiss, items.json and manifest.json.
     `index_type` is a faiss index_factory string (see PRESETS); trained types train on
-    `train_size` gallery vectors drawn with `seed`. One writer at a time per `out_dir`."""
+    `train_size` gallery vectors drawn with `sample_seed`. One writer at a time per `out_dir`."""
     with single_writer(out_dir, "index"):
-        return _build_index(saved_model, images_dir, out_dir, labels_from_folders, batch_size,
-                            index_type, nprobe, ef_search, train_size, seed, k_factor)
+        return _build_index(export_dir, images_dir, out_dir, labels_from_folders, batch_size,
+                            index_type, nprobe, ef_search, train_size, sample_seed, k_factor)
 
 
-def _build_index(saved_model, images_dir, out_dir, labels_from_folders, batch_size, index_type,
+def _build_index(export_dir, images_dir, out_dir, labels_from_folders, batch_size, index_type,
                  nprobe, ef_search, train_size, seed, k_factor) -> RetrievalIndex:
     from absl import logging
 
@@ -581,7 +583,7 @@ def _build_index(saved_model, images_dir, out_dir, labels_from_folders, batch_si
     check_replaceable(out_dir)
     if train_size < 1:
         raise IndexDataError(f"--train_size={train_size}: must be at least 1")
-    export = load_export(saved_model)
+    export = load_export(export_dir)
     index = new_index(index_type, export.manifest["embedding_dim"])
     # refuse a knob the type lacks before embedding
     params = search_params(index, index_type, nprobe, ef_search, k_factor=k_factor)
@@ -605,23 +607,24 @@ def _build_index(saved_model, images_dir, out_dir, labels_from_folders, batch_si
     return RetrievalIndex(index, items, manifest, out_dir)
 
 
-def add_images(index_dir: str, saved_model: str, images_dir: str,
+@renamed_keywords(saved_model="export_dir")
+def add_images(index_dir: str, export_dir: str, images_dir: str,
                labels_from_folders: bool = False, batch_size: int = 64) -> RetrievalIndex:
     """Embed the images under images_dir that the index does not hold yet (by path) with the
     SavedModel that built it (fingerprint or probe checked) and add them under new ids; the
     index is rewritten atomically. A trained index keeps its training (new items are encoded
     with it)."""
     with single_writer(index_dir, "index"):
-        return _add_images(index_dir, saved_model, images_dir, labels_from_folders, batch_size)
+        return _add_images(index_dir, export_dir, images_dir, labels_from_folders, batch_size)
 
 
-def _add_images(index_dir, saved_model, images_dir, labels_from_folders, batch_size):
+def _add_images(index_dir, export_dir, images_dir, labels_from_folders, batch_size):
     from absl import logging
 
     from diva_tf.serving.export import load_export
 
     old = RetrievalIndex.read(index_dir, mmap=False)
-    export = load_export(saved_model)
+    export = load_export(export_dir)
     check_export(old.manifest, export, index_dir)
     first_id = old.manifest.get("next_id", max((i["id"] for i in old.items), default=-1) + 1)
     embeddings, items, skipped = embed_gallery(export, images_dir, labels_from_folders,
@@ -662,7 +665,8 @@ def _remove_items(index_dir, ids):
     return RetrievalIndex.read(index_dir)
 
 
-def search_images(index_dir: str, saved_model: str, images: list[str], k: int = 5,
+@renamed_keywords(saved_model="export_dir")
+def search_images(index_dir: str, export_dir: str, images: list[str], k: int = 5,
                   nprobe: int | None = None, ef_search: int | None = None,
                   k_factor: int | None = None) -> list[SearchResult]:
     """Embed query image files with the SavedModel the index was built with, and search (knobs:
@@ -671,7 +675,7 @@ def search_images(index_dir: str, saved_model: str, images: list[str], k: int = 
     from diva_tf.serving.export import load_export
 
     index = RetrievalIndex.read(index_dir, nprobe, ef_search, k_factor=k_factor)
-    export = load_export(saved_model)
+    export = load_export(export_dir)
     check_identity(index.manifest["model"], model_identity(export), index_dir)
     embeddings, kept, failed = embed_files(export, images)
     found = dict(zip(kept, index.search(embeddings, k) if kept else []))
