@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from diva_tf.core.atomic import owned_tempdir
 from diva_tf.runs.run_folder import export_workdir
 from diva_tf.serving import export
 import export_helpers as helpers
@@ -253,7 +254,7 @@ def test_a_live_exports_folder_is_kept(tmp_path):
     base.mkdir()
     holder = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"],
                               stdin=subprocess.PIPE)
-    name = os.path.basename(export.owned_tempdir(str(base), "tmp", "5"))
+    name = os.path.basename(owned_tempdir(str(base), "tmp", "5"))
     theirs = base / name.replace(f".{os.getpid()}-", f".{holder.pid}-")
     (base / name).rename(theirs)
     try:

@@ -89,6 +89,22 @@ def test_add_then_remove_equals_a_rebuild(models, gallery, tmp_path, index_type)
     assert idx.add_images(grown_dir, models["a"], gallery).manifest["next_id"] == 13  # ids not reused
 
 
+REMOVE_WITHOUT_TENSORFLOW = """
+import sys
+from diva_tf.serving import index
+shrunk = index.remove_items(sys.argv[1], [0])
+print(shrunk.manifest["count"], "tensorflow" in sys.modules)
+"""
+
+
+def test_remove_does_not_load_tensorflow(models, gallery, tmp_path):
+    """Removing items needs faiss and the index files only, not the model."""
+    built = idx.build_index(models["a"], os.path.join(gallery, "old"), str(tmp_path / "i"))
+    proc = run([PYTHON, "-c", REMOVE_WITHOUT_TENSORFLOW, built.index_dir])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(len(built.items) - 1), "False"]
+
+
 def error_line(args: list[str]) -> str:
     proc = run([PYTHON, "-m", "diva_tf.index", *args])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr

@@ -40,8 +40,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-# clean_stale, owned_tempdir and swap_in are also serving/index.py's (imported from here).
-from diva_tf.core.atomic import atomic_folder, clean_stale, owned_tempdir, swap_in  # noqa: F401
+from diva_tf.core.atomic import atomic_folder, clean_stale
 from diva_tf.core.errors import DivaError
 from diva_tf.core.renamed import renamed_keywords
 

@@ -22,8 +22,8 @@ it queries and refuses a server whose embedding of it differs by more than float
 head weights and other preprocessing, with TF Serving or the stand-in alike.
 
 `build --out DIR` writes the new index into a hidden folder beside DIR and swaps it in at the end
-(`diva_tf.serving.export.swap_in`): a killed build leaves the previous index readable, and the next build
-removes a dead build's leftovers. DIR must be an index folder or empty (nothing else is replaced).
+(`diva_tf.core.atomic.swap_in`): a killed build leaves the previous index readable, and the next
+build removes a dead build's leftovers. DIR must be an index folder or empty (nothing else is replaced).
 `add` and `remove` rewrite the index the same way.
 
 The faiss index is `--index_type`, an `index_factory` string (`PRESETS` lists the documented ones):
@@ -53,7 +53,7 @@ import shutil
 
 import numpy as np
 
-from diva_tf.core.atomic import single_writer
+from diva_tf.core.atomic import clean_stale, owned_tempdir, single_writer, swap_in
 from diva_tf.core.errors import DivaError
 from diva_tf.core.renamed import renamed_keywords
 
@@ -437,8 +437,6 @@ class RetrievalIndex:
         `remove` read with mmap=False); search knobs from the manifest unless given.
         IndexDataError if the folder is not a complete index."""
         if not os.path.isdir(index_dir):
-            from diva_tf.serving.export import clean_stale  # imports TensorFlow: only when needed
-
             parent, name = os.path.split(os.path.abspath(index_dir))
             try:
                 clean_stale(parent, name)  # puts back an index whose rebuild died mid-swap
@@ -521,8 +519,6 @@ def write_index(out_dir: str, index, items: list[dict], manifest: dict) -> None:
     """Write the three files into a hidden folder beside out_dir and swap it in (the previous
     index stays whole until the final renames); leftovers of dead builds are removed first."""
     import faiss
-
-    from diva_tf.serving.export import clean_stale, owned_tempdir, swap_in
 
     parent, name = os.path.split(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
